@@ -1,0 +1,143 @@
+"""The apiguard error tree.
+
+Every error apiguard raises derives from `ApiGuardError`::
+
+    ApiGuardError
+    ├── ConfigurationError        bad options, unknown store URL, missing extra (at startup)
+    ├── AuthError                 a refused request: carries status, error code, description
+    │   ├── InvalidRequest        400 invalid_request: two credentials, malformed header
+    │   ├── MissingCredentials    401, challenge without error details (RFC 6750 §3.1)
+    │   ├── InvalidCredentials    401: malformed, unknown, expired or revoked API key
+    │   ├── InvalidToken          401 invalid_token (RFC 6750 §3.1)
+    │   └── InsufficientScope     403 insufficient_scope, with the required scopes
+    ├── BackendUnavailableError   503: a key store or authorization server cannot be reached
+    ├── KeyNotFoundError          a management call named a key id the store does not hold
+    └── KeyStateError             a management call that the key's state forbids
+
+Messages are for operators. They never hold a key, a secret or a token; response
+bodies carry only the error code and a fixed description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+__all__ = [
+    "ApiGuardError",
+    "AuthError",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "InsufficientScope",
+    "InvalidCredentials",
+    "InvalidRequest",
+    "InvalidToken",
+    "KeyNotFoundError",
+    "KeyStateError",
+    "MissingCredentials",
+]
+
+
+class ApiGuardError(Exception):
+    """Base class of every error raised by apiguard."""
+
+
+class ConfigurationError(ApiGuardError):
+    """apiguard was set up wrongly: a bad option, an unknown store URL or a missing extra."""
+
+
+class KeyNotFoundError(ApiGuardError):
+    """A key-management call named a key id that the store does not hold."""
+
+
+class KeyStateError(ApiGuardError):
+    """A key-management call that the key's state forbids (rotating a revoked key, a taken id)."""
+
+
+class BackendUnavailableError(ApiGuardError):
+    """A key store or an authorization server could not be reached.
+
+    The middleware answers 503 with `Retry-After`: it fails closed, never open and
+    never with a 401 that would make clients throw away good credentials.
+    """
+
+
+class AuthError(ApiGuardError):
+    """A request was refused.
+
+    Attributes:
+        status_code: The HTTP status of the refusal.
+        error: The error code sent in the challenge and the body, or `None` when the
+            request carried no credentials (RFC 6750 §3.1: no error details then).
+        description: A fixed, client-safe description of the refusal.
+        reason: A finer reason for logs only (for example `"revoked"`); never sent.
+        credential_id: A non-secret id of the refused credential (an API key id),
+            for logs only, when one is known.
+    """
+
+    status_code: int = 401
+    error: str | None = None
+    description: str = "Authentication failed."
+
+    def __init__(self, description: str | None = None, *, reason: str | None = None) -> None:
+        if description is not None:
+            self.description = description
+        self.reason = reason or self.error or "refused"
+        self.credential_id: str | None = None
+        super().__init__(self.description)
+
+
+class InvalidRequest(AuthError):
+    """The request is malformed, for example it carries two different credentials."""
+
+    status_code = 400
+    error = "invalid_request"
+    description = "The request carries malformed or conflicting credentials."
+
+
+class MissingCredentials(AuthError):
+    """The request carries no credentials at all."""
+
+    status_code = 401
+    error = None
+    description = "Authentication is required."
+
+    def __init__(self, description: str | None = None, *, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason or "missing")
+
+
+class InvalidCredentials(AuthError):
+    """The API key is malformed, unknown, expired or revoked; the response does not say which."""
+
+    status_code = 401
+    error = "invalid_key"
+    description = "The API key is invalid."
+
+
+class InvalidToken(AuthError):
+    """The bearer token is expired, revoked, malformed or otherwise invalid."""
+
+    status_code = 401
+    error = "invalid_token"
+    description = "The access token is invalid."
+
+
+class InsufficientScope(AuthError):
+    """The credentials are valid but lack a scope the operation requires.
+
+    Attributes:
+        scopes: The scopes the operation requires, all of them (sent in one challenge).
+    """
+
+    status_code = 403
+    error = "insufficient_scope"
+    description = "The request requires more privileges than the credentials grant."
+
+    def __init__(
+        self,
+        scopes: Collection[str] = (),
+        description: str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        self.scopes = tuple(sorted(scopes))
+        super().__init__(description, reason=reason)
