@@ -1,0 +1,97 @@
+"""API keys: the format, hashing, stores, verification and lifecycle.
+
+`open_store(url)` picks a store by URL scheme; third-party stores join with
+`register_scheme()`. Store drivers are imported only when their scheme is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from apiguard.exceptions import ConfigurationError
+from apiguard.keys.base import BaseKeyStore
+from apiguard.keys.format import GeneratedKey, ParsedKey, format_key, generate_key, parse_key
+from apiguard.keys.hashing import KeyHasher
+from apiguard.keys.manager import IssuedKey, KeyManager
+from apiguard.keys.memory import MemoryKeyStore
+from apiguard.keys.record import KeyRecord, KeyStatus
+from apiguard.keys.verifier import CacheOptions, KeyVerifier
+from apiguard.types import KeyStore
+
+if TYPE_CHECKING:
+    from apiguard.keys.sql import SQLKeyStore
+
+__all__ = [
+    "BaseKeyStore",
+    "CacheOptions",
+    "GeneratedKey",
+    "IssuedKey",
+    "KeyHasher",
+    "KeyManager",
+    "KeyRecord",
+    "KeyStatus",
+    "KeyStore",
+    "KeyVerifier",
+    "MemoryKeyStore",
+    "ParsedKey",
+    "SQLKeyStore",
+    "format_key",
+    "generate_key",
+    "open_store",
+    "parse_key",
+    "register_scheme",
+]
+
+StoreFactory = Callable[[str], KeyStore]
+
+# scheme -> "module:callable taking the URL"; imported only when used.
+_SCHEMES: dict[str, str | StoreFactory] = {
+    "memory": "apiguard.keys.memory:MemoryKeyStore.from_url",
+    "sqlite": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "sqlite+aiosqlite": "apiguard.keys.sql:SQLKeyStore.from_url",
+}
+
+
+def register_scheme(scheme: str, factory: str | StoreFactory) -> None:
+    """Make `open_store` open URLs of `scheme` with `factory(url)`.
+
+    `factory` is a callable or a lazy `"package.module:Class.from_url"` string.
+    """
+    _SCHEMES[scheme] = factory
+
+
+def _load(path: str) -> StoreFactory:
+    module_name, _, attribute = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[no-any-return]
+
+
+def open_store(url: str) -> KeyStore:
+    """Open the key store that `url` names.
+
+    `memory://`, `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`,
+    or any scheme added with `register_scheme()`.
+
+    Raises:
+        ConfigurationError: The scheme is unknown or its extra is not installed.
+    """
+    scheme, sep, _ = url.partition("://")
+    factory = _SCHEMES.get(scheme) if sep else None
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
+        raise ConfigurationError(f"unknown key store URL scheme in {url!r}; known: {known}")
+    if isinstance(factory, str):
+        factory = _load(factory)
+    return factory(url)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SQLKeyStore":
+        from apiguard.keys.sql import SQLKeyStore
+
+        return SQLKeyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

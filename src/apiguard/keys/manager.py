@@ -1,0 +1,129 @@
+"""`KeyManager`: the key lifecycle (create, list, show, revoke, rotate), for the CLI and apps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any
+
+from apiguard.exceptions import ConfigurationError, KeyNotFoundError, KeyStateError
+from apiguard.keys.format import DEFAULT_PREFIX, generate_key, validate_prefix
+from apiguard.keys.hashing import KeyHasher
+from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.types import KeyStore
+
+__all__ = ["IssuedKey", "KeyManager", "validate_scopes"]
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+MAX_NAME_LENGTH = 255
+
+
+def validate_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """Return the scopes as a set, refusing any that is not an RFC 6749 §3.3 scope-token."""
+    result = frozenset(scopes)
+    for scope in result:
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise ConfigurationError(
+                f"invalid scope {scope!r}: use printable ASCII, no spaces, quotes or backslashes"
+            )
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A key just created or rotated: `key` is the full key, shown this once and never again."""
+
+    key: str = field(repr=False)
+    record: KeyRecord
+
+
+class KeyManager:
+    """Creates, lists, revokes and rotates API keys in a store.
+
+    A revoke or rotate made through a manager reaches every verification cache
+    subscribed to the same store object at once (same process); other processes
+    see it within their cache TTL.
+
+    Args:
+        store: The key store.
+        hasher: Hashes new secrets; it must use the pepper the middleware uses.
+        prefix: The prefix of generated keys.
+    """
+
+    def __init__(self, store: KeyStore, hasher: KeyHasher, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.store = store
+        self._hasher = hasher
+        self._prefix = validate_prefix(prefix)
+
+    def _new_record(
+        self,
+        name: str,
+        scopes: Iterable[str],
+        expires_in: timedelta | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> tuple[str, KeyRecord]:
+        if not name or len(name) > MAX_NAME_LENGTH:
+            raise ConfigurationError(f"a key name must be 1 to {MAX_NAME_LENGTH} characters")
+        if expires_in is not None and expires_in <= timedelta(0):
+            raise ConfigurationError("expires_in must be positive")
+        generated = generate_key(self._prefix)
+        now = utcnow()
+        record = KeyRecord(
+            key_id=generated.key_id,
+            name=name,
+            secret_hash=self._hasher.hash(generated.secret),
+            scopes=validate_scopes(scopes),
+            created_at=now,
+            expires_at=None if expires_in is None else now + expires_in,
+            metadata=MappingProxyType(dict(metadata or {})),
+        )
+        return generated.value, record
+
+    async def create(
+        self,
+        name: str,
+        *,
+        scopes: Iterable[str] = (),
+        expires_in: timedelta | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> IssuedKey:
+        """Create a key for `name` (an owner may hold several) and return it, once."""
+        key, record = self._new_record(name, scopes, expires_in, metadata)
+        await self.store.add(record)
+        return IssuedKey(key, record)
+
+    async def list(self, *, name: str | None = None) -> list[KeyRecord]:
+        """Every key record, or those of `name`, oldest first."""
+        return await self.store.list(name=name)
+
+    async def get(self, key_id: str) -> KeyRecord:
+        """The record of `key_id`. Raises `KeyNotFoundError` if there is none."""
+        record = await self.store.get(key_id)
+        if record is None:
+            raise KeyNotFoundError(f"no key with id {key_id!r}")
+        return record
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke `key_id` now; it is refused from the next request on."""
+        return await self.store.revoke(key_id, at=utcnow())
+
+    async def rotate(self, key_id: str, *, grace: timedelta = timedelta(hours=24)) -> IssuedKey:
+        """Issue a new key with the same name, scopes, expiry period and metadata.
+
+        The old key keeps working until `grace` has passed (or its own expiry, if
+        sooner), then it is refused. `grace=timedelta(0)` retires it at once.
+        """
+        if grace < timedelta(0):
+            raise ConfigurationError("grace cannot be negative")
+        old = await self.get(key_id)
+        status = old.status()
+        if status != "active":
+            raise KeyStateError(f"key {key_id!r} is {status}; only an active key can be rotated")
+        lifetime = None if old.expires_at is None else old.expires_at - old.created_at
+        key, new = self._new_record(old.name, old.scopes, lifetime, old.metadata)
+        await self.store.rotate(key_id, new, old_expires_at=new.created_at + grace)
+        return IssuedKey(key, new)
