@@ -1,0 +1,126 @@
+"""A bounded TTL cache and single-flight, shared by key verification and token introspection."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+import anyio
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class TTLCache(Generic[K, V]):
+    """A least-recently-used cache whose entries also expire.
+
+    Entries carry a deadline on the caller's clock (`time.monotonic()` in apiguard)
+    and an optional tag, so that every entry derived from one credential (one key id,
+    for example) can be dropped at once with `invalidate(tag)`.
+    """
+
+    __slots__ = ("_entries", "_maxsize", "_tags")
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self._maxsize = maxsize
+        self._entries: OrderedDict[K, tuple[float, V, Hashable]] = OrderedDict()
+        self._tags: dict[Hashable, set[K]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K, now: float) -> V | None:
+        """Return the live value for `key`, or `None`; an expired entry is dropped."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            self._remove(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def set(self, key: K, value: V, deadline: float, tag: Hashable = None) -> None:
+        """Store `value` until `deadline`, evicting the least recently used entry when full."""
+        if key in self._entries:
+            self._remove(key)
+        elif len(self._entries) >= self._maxsize:
+            self._remove(next(iter(self._entries)))
+        self._entries[key] = (deadline, value, tag)
+        if tag is not None:
+            self._tags.setdefault(tag, set()).add(key)
+
+    def invalidate(self, tag: Hashable) -> int:
+        """Drop every entry stored with `tag`; return how many were dropped."""
+        keys = self._tags.pop(tag, set())
+        for key in keys:
+            del self._entries[key]
+        return len(keys)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+        self._tags.clear()
+
+    def _remove(self, key: K) -> None:
+        _, _, tag = self._entries.pop(key)
+        if tag is not None:
+            keys = self._tags[tag]
+            keys.discard(key)
+            if not keys:
+                del self._tags[tag]
+
+
+class _Call(Generic[V]):
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: V | None = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight(Generic[K, V]):
+    """Collapse concurrent calls for the same key into one.
+
+    While a call for `key` is under way, later callers wait for its outcome instead
+    of starting their own: N concurrent requests with one uncached credential cost
+    one store lookup (or one introspection call). If the leading call is cancelled,
+    the waiters run the call again themselves rather than fail.
+    """
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[K, _Call[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        """Return `await fn()`, sharing one run among concurrent callers of `key`."""
+        while True:
+            call = self._calls.get(key)
+            if call is None:
+                break
+            await call.done.wait()
+            if call.error is None:
+                return call.value  # type: ignore[return-value]
+            if not isinstance(call.error, anyio.get_cancelled_exc_class()):
+                raise call.error
+            # The leader was cancelled: try again, perhaps as the new leader.
+
+        call = _Call[V]()
+        self._calls[key] = call
+        try:
+            call.value = value = await fn()
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            del self._calls[key]
+            call.done.set()
+        return value

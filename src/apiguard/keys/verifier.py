@@ -1,0 +1,187 @@
+"""`KeyVerifier`: from a presented key to a `Principal`, through a bounded cache.
+
+Checks run cheapest first: cache, then shape and checksum (no I/O), then one store
+lookup and one hash verification, shared by concurrent requests with the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import NoReturn
+
+import anyio
+from starlette.authentication import AuthCredentials
+
+from apiguard._cache import SingleFlight, TTLCache
+from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidCredentials
+from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
+from apiguard.keys.hashing import KeyHasher
+from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.principal import Principal
+from apiguard.types import KeyStore
+
+__all__ = ["CacheOptions", "KeyVerifier"]
+
+logger = logging.getLogger("apiguard.keys")
+
+Grant = tuple[Principal, AuthCredentials]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """How long verifications are trusted without asking the store again.
+
+    Attributes:
+        max_size: Entries kept in each of the positive and negative caches (LRU).
+        ttl: Seconds a successful verification is reused. This is the worst-case
+            delay before a revoke made in *another* process takes effect here (a
+            revoke through this process's store takes effect at once). It never
+            outlives the key's own expiry.
+        negative_ttl: Seconds a refused key (unknown, wrong secret, revoked, expired)
+            is refused without asking the store again. Malformed keys are never cached.
+    """
+
+    max_size: int = 10_000
+    ttl: float = 30.0
+    negative_ttl: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ConfigurationError("CacheOptions.max_size must be at least 1")
+        if self.ttl < 0 or self.negative_ttl < 0:
+            raise ConfigurationError("cache TTLs cannot be negative")
+
+
+class KeyVerifier:
+    """Verifies presented API keys against a store, caching the outcome.
+
+    Args:
+        store: Where the key records are.
+        hasher: Verifies secrets against stored hashes.
+        prefixes: The key prefixes accepted.
+        cache: Cache sizes and lifetimes.
+        slow_hash_concurrency: How many slow (imported) hashes may be verified at once
+            in worker threads; bounds the work a flood of forged keys can cause.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        hasher: KeyHasher,
+        *,
+        prefixes: Collection[str] = (DEFAULT_PREFIX,),
+        cache: CacheOptions | None = None,
+        slow_hash_concurrency: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._hasher = hasher
+        self._prefixes = frozenset(validate_prefix(p) for p in prefixes)
+        if not self._prefixes:
+            raise ConfigurationError("at least one key prefix is required")
+        self._options = cache or CacheOptions()
+        self._positive: TTLCache[bytes, Grant] = TTLCache(self._options.max_size)
+        self._negative: TTLCache[bytes, str] = TTLCache(self._options.max_size)
+        self._flight: SingleFlight[bytes, Grant] = SingleFlight()
+        self._slow_limiter = anyio.CapacityLimiter(slow_hash_concurrency)
+        self._clock = clock
+        # Bumped on every invalidation: a lookup that started before it must not
+        # cache what it read, or a revoke could be undone by an in-flight request.
+        self._generation = 0
+        store.add_listener(self.invalidate)
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget every cached verification of `key_id` (called on revoke and rotate)."""
+        self._generation += 1
+        self._positive.invalidate(key_id)
+        self._negative.invalidate(key_id)
+
+    async def verify(self, raw: bytes) -> Grant:
+        """Return the principal and credentials for a presented key.
+
+        Raises:
+            InvalidCredentials: The key is malformed, unknown, wrong, expired or revoked.
+            BackendUnavailableError: The store could not be reached.
+        """
+        if len(raw) > MAX_KEY_LENGTH:  # bound the hashing work before anything else
+            raise InvalidCredentials(reason="malformed")
+        digest = hashlib.sha256(raw).digest()
+        now = self._clock()
+        grant = self._positive.get(digest, now)
+        if grant is not None:
+            return grant
+        reason = self._negative.get(digest, now)
+        if reason is not None:
+            raise InvalidCredentials(reason=reason)
+        return await self._flight.run(digest, lambda: self._lookup(raw, digest))
+
+    async def _lookup(self, raw: bytes, digest: bytes) -> Grant:
+        generation = self._generation
+        try:
+            parsed = parse_key(raw.decode("ascii"), self._prefixes)
+        except UnicodeDecodeError:
+            raise InvalidCredentials(reason="malformed") from None
+
+        record = await self.store.get(parsed.key_id)
+        if record is None:
+            self._refuse(digest, parsed.key_id, "unknown key", generation)
+        if self._hasher.is_fast(record.secret_hash):
+            ok, new_hash = self._hasher.verify(parsed.secret, record.secret_hash)
+        else:
+            ok, new_hash = await anyio.to_thread.run_sync(
+                self._hasher.verify, parsed.secret, record.secret_hash, limiter=self._slow_limiter
+            )
+        if not ok:
+            self._refuse(digest, parsed.key_id, "wrong secret", generation)
+        wall_now = utcnow()
+        status = record.status(wall_now)
+        if status != "active":
+            self._refuse(digest, parsed.key_id, status, generation)
+
+        if new_hash is not None:
+            await self._migrate(record, new_hash)
+        grant = _grant(record)
+        if generation == self._generation:
+            deadline = self._clock() + self._options.ttl
+            if record.expires_at is not None:
+                deadline = min(
+                    deadline, self._clock() + (record.expires_at - wall_now).total_seconds()
+                )
+            self._positive.set(digest, grant, deadline, tag=record.key_id)
+        try:
+            await self.store.record_usage(record.key_id, at=wall_now)
+        except BackendUnavailableError:
+            logger.warning("could not record key usage (key_id=%s)", record.key_id)
+        return grant
+
+    def _refuse(self, digest: bytes, key_id: str, reason: str, generation: int) -> NoReturn:
+        if generation == self._generation:
+            deadline = self._clock() + self._options.negative_ttl
+            self._negative.set(digest, reason, deadline, tag=key_id)
+        error = InvalidCredentials(reason=reason)
+        error.credential_id = key_id
+        raise error
+
+    async def _migrate(self, record: KeyRecord, new_hash: str) -> None:
+        try:
+            await self.store.update_hash(record.key_id, new_hash)
+        except BackendUnavailableError:
+            logger.warning("could not migrate key hash (key_id=%s)", record.key_id)
+        else:
+            logger.info("migrated key hash to the default scheme (key_id=%s)", record.key_id)
+
+
+def _grant(record: KeyRecord) -> Grant:
+    principal = Principal(
+        identity=record.key_id,
+        kind="api_key",
+        name=record.name,
+        scopes=record.scopes,
+        key_id=record.key_id,
+        metadata=record.metadata,
+    )
+    return principal, AuthCredentials(sorted(record.scopes))
