@@ -1,0 +1,188 @@
+"""The request pipeline every apiguard middleware shares.
+
+For each http or websocket connection: skip excluded routes and CORS preflights,
+find exactly one credential, authenticate it, place the principal in
+`scope["user"]`/`scope["auth"]`, and call the app. Refusals go through one
+`ErrorResponder`. Nothing per-request is kept on `self`; the body is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from starlette.authentication import AuthCredentials
+
+from apiguard._challenge import ErrorResponder, ErrorResponseHook
+from apiguard.exceptions import (
+    ApiGuardError,
+    AuthError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidRequest,
+    MissingCredentials,
+)
+from apiguard.principal import ANONYMOUS, Principal
+from apiguard.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["Authenticator", "Grant", "GuardMiddleware"]
+
+logger = logging.getLogger("apiguard.middleware")
+
+Grant = tuple[Principal, AuthCredentials]
+_ANONYMOUS_GRANT: Grant = (ANONYMOUS, AuthCredentials())
+_GUARDED = frozenset({"http", "websocket"})
+
+
+class Authenticator(Protocol):
+    """One kind of credential: how to find it in a request and how to check it."""
+
+    scheme: str
+    """The `WWW-Authenticate` scheme this credential answers to (`ApiKey`, `Bearer`)."""
+
+    def extract(self, scope: Scope) -> bytes | None:
+        """The credential in the request, or `None`. Raises `InvalidRequest` on conflicts."""
+
+    async def authenticate(self, credential: bytes) -> Grant:
+        """The principal for `credential`. Raises `AuthError` or `BackendUnavailableError`."""
+
+    def strip(self, scope: Scope) -> None:
+        """Remove the credential from `scope`, so the app never sees it."""
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware that authenticates with the first matching `Authenticator`.
+
+    The public middlewares (`APIKeyMiddleware`, ...) are this core with their
+    authenticators; see those classes for the options.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticators: Sequence[Authenticator],
+        realm: str | None = "api",
+        exclude_paths: Collection[str] = (),
+        exclude_methods: Collection[str] = (),
+        allow_preflight: bool = True,
+        optional: bool = False,
+        hide_credentials: bool = False,
+        problem_details: bool = False,
+        retry_after: int = 5,
+        error_response: ErrorResponseHook | None = None,
+    ) -> None:
+        if not authenticators:
+            raise ConfigurationError("at least one authenticator is required")
+        if isinstance(exclude_paths, str) or isinstance(exclude_methods, str):
+            raise ConfigurationError("exclude_paths and exclude_methods take collections, not str")
+        for path in exclude_paths:
+            if not path.startswith("/"):
+                raise ConfigurationError(f"excluded paths start with '/': {path!r}")
+        if retry_after < 0:
+            raise ConfigurationError("retry_after cannot be negative")
+        self.app = app
+        self._authenticators = tuple(authenticators)
+        self._exact = frozenset(p for p in exclude_paths if not p.endswith("*"))
+        self._prefixes = tuple(p[:-1] for p in exclude_paths if p.endswith("*"))
+        self._methods = frozenset(m.upper() for m in exclude_methods)
+        self._check_exclusions = bool(self._exact or self._prefixes or self._methods)
+        self._allow_preflight = allow_preflight
+        self._optional = optional
+        self._hide = hide_credentials
+        self._responder = ErrorResponder(
+            schemes=[a.scheme for a in self._authenticators],
+            realm=realm,
+            problem_details=problem_details,
+            retry_after=retry_after,
+            hook=error_response,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in _GUARDED:  # lifespan and anything else: untouched
+            await self.app(scope, receive, send)
+            return
+        if (self._check_exclusions and self._excluded(scope)) or (
+            self._allow_preflight and _is_preflight(scope)
+        ):
+            scope.setdefault("user", ANONYMOUS)
+            scope.setdefault("auth", _ANONYMOUS_GRANT[1])
+            await self.app(scope, receive, send)
+            return
+
+        authenticator: Authenticator | None = None
+        try:
+            credential = None
+            for candidate in self._authenticators:
+                found = candidate.extract(scope)
+                if found is not None:
+                    if authenticator is not None:
+                        raise InvalidRequest(reason="several credentials")
+                    authenticator, credential = candidate, found
+            if authenticator is None or credential is None:
+                if not self._optional:
+                    raise MissingCredentials
+                grant = _ANONYMOUS_GRANT
+            else:
+                grant = await authenticator.authenticate(credential)
+        except ApiGuardError as exc:
+            await self._refuse(exc, authenticator, scope, receive, send)
+            return
+        except Exception as exc:
+            logger.exception("authentication failed unexpectedly; answering 503")
+            await self._refuse(
+                BackendUnavailableError(type(exc).__name__), authenticator, scope, receive, send
+            )
+            return
+
+        scope["user"], scope["auth"] = grant
+        if logger.isEnabledFor(logging.DEBUG):
+            principal = grant[0]
+            logger.debug(
+                "allowed kind=%s id=%s path=%s", principal.kind, principal.identity, scope["path"]
+            )
+        if self._hide and authenticator is not None:
+            authenticator.strip(scope)
+        await self.app(scope, receive, send)
+
+    def _excluded(self, scope: Scope) -> bool:
+        if scope.get("method") in self._methods:
+            return True
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :] or "/"
+        return path in self._exact or path.startswith(self._prefixes)
+
+    async def _refuse(
+        self,
+        exc: ApiGuardError,
+        authenticator: Authenticator | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if isinstance(exc, AuthError):
+            logger.info(
+                "refused status=%d reason=%s id=%s path=%s",
+                exc.status_code,
+                exc.reason,
+                exc.credential_id or "-",
+                scope["path"],
+            )
+        elif isinstance(exc, BackendUnavailableError):
+            logger.error("refused status=503 reason=backend unavailable (%s)", exc)
+        else:
+            logger.error("refused status=503 reason=configuration error (%s)", exc)
+            exc = BackendUnavailableError(str(exc))
+        scheme = authenticator.scheme if authenticator is not None else None
+        await self._responder.deny(exc, scheme, scope, receive, send)
+
+
+def _is_preflight(scope: Scope) -> bool:
+    # A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method.
+    if scope.get("method") != "OPTIONS":
+        return False
+    names = {name for name, _ in scope["headers"]}
+    return b"origin" in names and b"access-control-request-method" in names

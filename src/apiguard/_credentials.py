@@ -1,0 +1,62 @@
+"""Reading credentials from request headers and the query string."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from urllib.parse import parse_qsl, urlencode
+
+from apiguard.exceptions import ConfigurationError, InvalidRequest
+from apiguard.types import Scope
+
+__all__ = ["header_names", "read_headers", "read_query", "strip_headers", "strip_query"]
+
+
+def header_names(names: Collection[str]) -> frozenset[bytes]:
+    """Header names as ASGI carries them: lower-case latin-1 bytes."""
+    if isinstance(names, str):
+        raise ConfigurationError("header names take a collection, not str")
+    result = frozenset(name.strip().lower().encode("latin-1") for name in names)
+    if not result or b"" in result:
+        raise ConfigurationError("at least one non-empty header name is required")
+    return result
+
+
+def read_headers(scope: Scope, names: frozenset[bytes]) -> bytes | None:
+    """The one value sent in any of the headers `names`; the same value repeated is fine.
+
+    Raises:
+        InvalidRequest: Two different values were sent.
+    """
+    found: bytes | None = None
+    for name, value in scope["headers"]:
+        if name in names:
+            if found is None:
+                found = value
+            elif value != found:
+                raise InvalidRequest(reason="two different credentials")
+    return found
+
+
+def read_query(scope: Scope, param: str) -> bytes | None:
+    """The one value of query parameter `param`, like `read_headers`."""
+    query: bytes = scope.get("query_string", b"")
+    if param.encode() not in query:  # cheap test before parsing
+        return None
+    values = {
+        v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == param
+    }
+    if len(values) > 1:
+        raise InvalidRequest(reason="two different credentials")
+    return values.pop().encode("latin-1") if values else None
+
+
+def strip_headers(scope: Scope, names: frozenset[bytes]) -> None:
+    """Remove the headers `names` from the request the app sees."""
+    scope["headers"] = [(n, v) for n, v in scope["headers"] if n not in names]
+
+
+def strip_query(scope: Scope, param: str) -> None:
+    """Remove query parameter `param` from the request the app sees."""
+    query: bytes = scope.get("query_string", b"")
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    scope["query_string"] = urlencode([(k, v) for k, v in pairs if k != param]).encode("latin-1")
