@@ -51,10 +51,14 @@ class KeyManager:
     Args:
         store: The key store.
         hasher: Hashes new secrets; it must use the pepper the middleware uses.
+            Defaults to a `KeyHasher()` reading `APIGUARD_PEPPER`, made when a key
+            is first created or rotated (listing and revoking need no pepper).
         prefix: The prefix of generated keys.
     """
 
-    def __init__(self, store: KeyStore, hasher: KeyHasher, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, store: KeyStore, hasher: KeyHasher | None = None, *, prefix: str = DEFAULT_PREFIX
+    ) -> None:
         self.store = store
         self._hasher = hasher
         self._prefix = validate_prefix(prefix)
@@ -70,6 +74,8 @@ class KeyManager:
             raise ConfigurationError(f"a key name must be 1 to {MAX_NAME_LENGTH} characters")
         if expires_in is not None and expires_in <= timedelta(0):
             raise ConfigurationError("expires_in must be positive")
+        if self._hasher is None:
+            self._hasher = KeyHasher()
         generated = generate_key(self._prefix)
         now = utcnow()
         record = KeyRecord(

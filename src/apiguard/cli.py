@@ -1,0 +1,272 @@
+"""`apiguard keys init|create|list|show|revoke|rotate`: manage API keys from a shell.
+
+The store comes from `--store`, else `APIGUARD_STORE`, else `sqlite:///apiguard-keys.db`.
+Commands that hash a secret (create, rotate) need `APIGUARD_PEPPER`, the pepper the
+server uses; it is never taken on the command line, where other users could see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from apiguard.exceptions import ApiGuardError
+from apiguard.keys import KeyManager, open_store
+from apiguard.keys.format import DEFAULT_PREFIX
+from apiguard.keys.hashing import PEPPER_ENV
+from apiguard.keys.manager import IssuedKey
+from apiguard.keys.record import KeyRecord
+from apiguard.types import KeyStore
+
+__all__ = ["main"]
+
+DEFAULT_STORE = "sqlite:///apiguard-keys.db"
+STORE_ENV = "APIGUARD_STORE"
+T = TypeVar("T")
+
+_DURATION = re.compile(r"(\d{1,6})([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90d`, `24h`, `30m`, `45s`, `2w` (or `0` for none) as a `timedelta`."""
+    if text == "0":
+        return timedelta(0)
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 90d, 24h, 30m, 45s or 2w")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+def _run(store_url: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = open_store(store_url)
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ApiGuardError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _record_json(record: KeyRecord) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {
+        "key_id": record.key_id,
+        "name": record.name,
+        "scopes": sorted(record.scopes),
+        "status": record.status(),
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+        "revoked_at": iso(record.revoked_at),
+        "last_used_at": iso(record.last_used_at),
+        "metadata": dict(record.metadata),
+    }
+
+
+def _echo_record(record: KeyRecord) -> None:
+    for label, value in (
+        ("id", record.key_id),
+        ("name", record.name),
+        ("scopes", " ".join(sorted(record.scopes)) or "-"),
+        ("status", record.status()),
+        ("created", _when(record.created_at)),
+        ("expires", _when(record.expires_at)),
+        ("revoked", _when(record.revoked_at)),
+        ("last used", _when(record.last_used_at)),
+        ("metadata", json.dumps(dict(record.metadata)) if record.metadata else "-"),
+    ):
+        click.echo(f"{label + ':':<11}{value}")
+
+
+def _echo_issued(issued: IssuedKey, as_json: bool, note: str = "") -> None:
+    if as_json:
+        click.echo(json.dumps({"key": issued.key, **_record_json(issued.record)}))
+        return
+    _echo_record(issued.record)
+    click.echo("")
+    click.echo(f"key:       {issued.key}")
+    click.echo("")
+    click.echo("This is the only time the key is shown; store it somewhere safe now." + note)
+
+
+def _manager(store: KeyStore, prefix: str = DEFAULT_PREFIX) -> KeyManager:
+    return KeyManager(store, prefix=prefix)
+
+
+store_option = click.option(
+    "--store",
+    "store_url",
+    envvar=STORE_ENV,
+    default=DEFAULT_STORE,
+    show_default=True,
+    help=f"Key store URL (or set {STORE_ENV}).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group()
+@click.version_option(package_name="apiguard")
+def main() -> None:
+    """apiguard: API keys and OAuth 2.0 bearer tokens for ASGI apps."""
+
+
+@main.group()
+def keys() -> None:
+    """Create, list, show, revoke and rotate API keys."""
+
+
+@keys.command()
+@store_option
+@json_option
+def init(store_url: str, as_json: bool) -> None:
+    """Create the key store's schema, and suggest a pepper if none is set."""
+    _run(store_url, lambda store: store.list())
+    pepper = None if os.environ.get(PEPPER_ENV) else secrets.token_urlsafe(32)
+    if as_json:
+        click.echo(json.dumps({"store": store_url, "suggested_pepper": pepper}))
+        return
+    click.echo(f"Key store ready: {store_url}")
+    if pepper is not None:
+        click.echo(f"{PEPPER_ENV} is not set. Keep this pepper secret and give the same one")
+        click.echo("to the CLI and to your app; keys hashed with it work only with it:")
+        click.echo(f"  export {PEPPER_ENV}={pepper}")
+
+
+@keys.command()
+@store_option
+@click.option("--name", required=True, help="The key's name or owner.")
+@click.option("--scope", "scopes", multiple=True, help="A scope the key grants (repeatable).")
+@click.option("--expires-in", callback=_duration, help="Lifetime, e.g. 90d (default: no expiry).")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata (repeatable).")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Key prefix.")
+@json_option
+def create(
+    store_url: str,
+    name: str,
+    scopes: tuple[str, ...],
+    expires_in: timedelta | None,
+    meta: tuple[str, ...],
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Create a key and print it, this once."""
+    metadata: dict[str, str] = {}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
+        metadata[key] = value
+    issued = _run(
+        store_url,
+        lambda store: _manager(store, prefix).create(
+            name, scopes=scopes, expires_in=expires_in or None, metadata=metadata
+        ),
+    )
+    _echo_issued(issued, as_json)
+
+
+@keys.command("list")
+@store_option
+@click.option("--name", help="Only the keys of this name or owner.")
+@json_option
+def list_(store_url: str, name: str | None, as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    records = _run(store_url, lambda store: store.list(name=name))
+    if as_json:
+        click.echo(json.dumps([_record_json(r) for r in records]))
+        return
+    rows = [
+        (
+            r.key_id,
+            r.name,
+            " ".join(sorted(r.scopes)) or "-",
+            _when(r.created_at),
+            _when(r.expires_at),
+            _when(r.last_used_at),
+            r.status(),
+        )
+        for r in records
+    ]
+    header = ("ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "STATUS")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+@keys.command()
+@store_option
+@click.argument("key_id")
+@json_option
+def show(store_url: str, key_id: str, as_json: bool) -> None:
+    """Show one key's record."""
+    record = _run(store_url, lambda store: KeyManager(store).get(key_id))
+    if as_json:
+        click.echo(json.dumps(_record_json(record)))
+    else:
+        _echo_record(record)
+
+
+@keys.command()
+@store_option
+@click.argument("key_id")
+@json_option
+def revoke(store_url: str, key_id: str, as_json: bool) -> None:
+    """Revoke a key at once."""
+    record = _run(store_url, lambda store: KeyManager(store).revoke(key_id))
+    if as_json:
+        click.echo(json.dumps(_record_json(record)))
+    else:
+        click.echo(f"Revoked {record.key_id} ({record.name}).")
+
+
+@keys.command()
+@store_option
+@click.argument("key_id")
+@click.option(
+    "--grace",
+    callback=_duration,
+    default="24h",
+    show_default=True,
+    help="How long the old key keeps working (0 retires it at once).",
+)
+@json_option
+def rotate(store_url: str, key_id: str, grace: timedelta, as_json: bool) -> None:
+    """Issue a new key for the same owner; the old one works until the grace period ends."""
+    issued = _run(store_url, lambda store: _manager(store).rotate(key_id, grace=grace))
+    _echo_issued(issued, as_json, note=f"\nThe old key {key_id} stops working after {grace}.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
