@@ -1,0 +1,149 @@
+"""Helpers for testing apps and stores that use apiguard.
+
+`KeyStoreContract` is the test suite every `KeyStore` must pass. Run it against
+your own store by subclassing it in a test module and providing a `store` fixture::
+
+    import pytest
+    from apiguard.testing import KeyStoreContract
+
+    class TestMyStore(KeyStoreContract):
+        @pytest.fixture
+        async def store(self):
+            store = MyStore(...)
+            yield store
+            await store.aclose()
+
+It needs pytest and the anyio pytest plugin (installed with anyio), and runs on
+the asyncio backend unless your `anyio_backend` fixture says otherwise.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import MappingProxyType
+
+import pytest
+
+from apiguard.exceptions import KeyNotFoundError, KeyStateError
+from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.types import KeyStore
+
+__all__ = ["KeyStoreContract", "make_record"]
+
+
+def make_record(key_id: str = "K" * 12, name: str = "alice", **changes: object) -> KeyRecord:
+    """A `KeyRecord` with plausible values; `changes` override any field."""
+    fields: dict[str, object] = {
+        "key_id": key_id,
+        "name": name,
+        "secret_hash": "$hmac-sha256$" + "0" * 64,
+        "scopes": frozenset({"items:read"}),
+        "created_at": utcnow().replace(microsecond=0),
+        "metadata": MappingProxyType({"team": "core"}),
+    }
+    fields.update(changes)
+    return KeyRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+class KeyStoreContract:
+    """What every key store must do. Subclass it and provide a `store` fixture."""
+
+    async def test_get_returns_what_add_stored(self, store: KeyStore) -> None:
+        """A record reads back equal, timezone-aware, metadata included."""
+        record = make_record(expires_at=utcnow().replace(microsecond=0) + timedelta(days=1))
+        await store.add(record)
+        got = await store.get(record.key_id)
+        assert got == record
+        assert got is not None
+        assert got.created_at.utcoffset() == timedelta(0)
+        assert dict(got.metadata) == {"team": "core"}
+
+    async def test_get_unknown_is_none(self, store: KeyStore) -> None:
+        """An unknown key id is not an error, just no record."""
+        assert await store.get("unknown00000") is None
+
+    async def test_add_refuses_a_taken_key_id(self, store: KeyStore) -> None:
+        """Key ids are unique."""
+        await store.add(make_record())
+        with pytest.raises(KeyStateError):
+            await store.add(make_record(name="mallory"))
+        got = await store.get("K" * 12)
+        assert got is not None
+        assert got.name == "alice"
+
+    async def test_list_oldest_first_and_by_name(self, store: KeyStore) -> None:
+        """`list` orders by creation and filters by name."""
+        now = utcnow().replace(microsecond=0)
+        await store.add(make_record("B" * 12, "bob", created_at=now))
+        await store.add(make_record("A" * 12, "alice", created_at=now - timedelta(hours=1)))
+        await store.add(make_record("C" * 12, "alice", created_at=now + timedelta(hours=1)))
+        assert [r.key_id for r in await store.list()] == ["A" * 12, "B" * 12, "C" * 12]
+        assert [r.key_id for r in await store.list(name="alice")] == ["A" * 12, "C" * 12]
+        assert await store.list(name="nobody") == []
+
+    async def test_revoke_marks_and_notifies(self, store: KeyStore) -> None:
+        """Revoking sets `revoked_at` once and tells listeners."""
+        seen: list[str] = []
+        remove = store.add_listener(seen.append)
+        await store.add(make_record())
+        at = utcnow().replace(microsecond=0)
+        revoked = await store.revoke("K" * 12, at=at)
+        assert revoked.revoked_at == at
+        assert revoked.status() == "revoked"
+        again = await store.revoke("K" * 12, at=at + timedelta(hours=1))
+        assert again.revoked_at == at
+        assert seen == ["K" * 12, "K" * 12]
+        remove()
+        await store.revoke("K" * 12, at=at)
+        assert len(seen) == 2
+
+    async def test_revoke_unknown_raises(self, store: KeyStore) -> None:
+        """Revoking a key that does not exist is an error, not a silent no-op."""
+        with pytest.raises(KeyNotFoundError):
+            await store.revoke("unknown00000", at=utcnow())
+
+    async def test_rotate_adds_new_and_shortens_old(self, store: KeyStore) -> None:
+        """Rotation stores the new key and moves the old key's expiry forward, not back."""
+        seen: list[str] = []
+        store.add_listener(seen.append)
+        now = utcnow().replace(microsecond=0)
+        await store.add(make_record(expires_at=now + timedelta(days=90)))
+        old = await store.rotate(
+            "K" * 12, make_record("N" * 12), old_expires_at=now + timedelta(hours=24)
+        )
+        assert old.expires_at == now + timedelta(hours=24)
+        assert await store.get("N" * 12) == make_record("N" * 12)
+        assert seen == ["K" * 12]
+        # A later grace end never extends an earlier expiry.
+        old = await store.rotate(
+            "K" * 12, make_record("M" * 12), old_expires_at=now + timedelta(days=365)
+        )
+        assert old.expires_at == now + timedelta(hours=24)
+
+    async def test_rotate_unknown_raises_and_adds_nothing(self, store: KeyStore) -> None:
+        """Rotating a missing key fails without storing the new one."""
+        with pytest.raises(KeyNotFoundError):
+            await store.rotate("unknown00000", make_record("N" * 12), old_expires_at=utcnow())
+        assert await store.get("N" * 12) is None
+
+    async def test_update_hash(self, store: KeyStore) -> None:
+        """The secret hash can be replaced (hash migration); nothing else changes."""
+        record = make_record()
+        await store.add(record)
+        await store.update_hash(record.key_id, "$hmac-sha256$" + "1" * 64)
+        got = await store.get(record.key_id)
+        assert got is not None
+        assert got.secret_hash == "$hmac-sha256$" + "1" * 64
+        assert got.scopes == record.scopes
+
+    async def test_record_usage_only_moves_forward(self, store: KeyStore) -> None:
+        """`last_used_at` keeps the latest time it was given."""
+        await store.add(make_record())
+        now = utcnow().replace(microsecond=0)
+        await store.record_usage("K" * 12, at=now)
+        await store.record_usage("K" * 12, at=now - timedelta(minutes=5))
+        got = await store.get("K" * 12)
+        assert got is not None
+        assert got.last_used_at == now
+        await store.record_usage("unknown00000", at=now)  # no error for a vanished key

@@ -1,0 +1,328 @@
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+from passlib.hash import pbkdf2_sha256
+
+from apiguard import BackendUnavailableError, CacheOptions, ConfigurationError, InvalidCredentials
+from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, MemoryKeyStore, open_store
+from apiguard.keys.record import KeyRecord
+from apiguard.testing import make_record
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingStore(MemoryKeyStore):
+    """A memory store that counts lookups and can be switched off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+        self.down = False
+        self.usage_down = False
+        self.gate: anyio.Event | None = None
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        self.gets += 1
+        if self.down:
+            raise BackendUnavailableError("store down")
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().get(key_id)
+
+    async def record_usage(self, key_id: str, *, at: object) -> None:  # type: ignore[override]
+        if self.usage_down:
+            raise BackendUnavailableError("store down")
+        await super().record_usage(key_id, at=at)  # type: ignore[arg-type]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def counting() -> CountingStore:
+    return CountingStore()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def verifier(counting: CountingStore, hasher: KeyHasher, clock: FakeClock) -> KeyVerifier:
+    return KeyVerifier(counting, hasher, cache=CacheOptions(ttl=30, negative_ttl=5), clock=clock)
+
+
+async def test_valid_key_gives_principal(verifier: KeyVerifier, hasher: KeyHasher) -> None:
+    issued = await KeyManager(verifier.store, hasher).create(
+        "billing", scopes=["invoices:read"], metadata={"tier": "gold"}
+    )
+    principal, credentials = await verifier.verify(issued.key.encode())
+    assert principal.kind == "api_key"
+    assert principal.identity == principal.key_id == issued.record.key_id
+    assert principal.display_name == "billing"
+    assert principal.scopes == {"invoices:read"}
+    assert dict(principal.metadata) == {"tier": "gold"}
+    assert credentials.scopes == ["invoices:read"]
+
+
+async def test_warm_cache_skips_the_store(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    issued = await KeyManager(counting, hasher).create("a")
+    for _ in range(5):
+        await verifier.verify(issued.key.encode())
+    assert counting.gets == 1
+    clock.now += 31  # the positive TTL has passed
+    await verifier.verify(issued.key.encode())
+    assert counting.gets == 2
+
+
+async def test_usage_is_recorded_once_per_cache_fill(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    issued = await KeyManager(counting, hasher).create("a")
+    await verifier.verify(issued.key.encode())
+    record = await counting.get(issued.record.key_id)
+    assert record is not None
+    assert record.last_used_at is not None
+
+
+async def test_refusals_are_negative_cached_but_malformed_keys_never_reach_the_store(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    issued = await KeyManager(counting, hasher).create("a")
+    wrong = issued.key[:4] + "000000000000" + issued.key[16:]  # well-formed id? no: checksum
+    with pytest.raises(InvalidCredentials) as info:
+        await verifier.verify(wrong.encode())
+    assert info.value.reason == "bad checksum"
+    assert counting.gets == 0
+
+    from apiguard.keys import format_key
+
+    unknown = format_key("apg", "unknown00000", "x" * 43)
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials) as info:
+            await verifier.verify(unknown.encode())
+        assert info.value.reason == "unknown key"
+    assert counting.gets == 1
+    clock.now += 6  # the negative TTL has passed
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(unknown.encode())
+    assert counting.gets == 2
+
+
+async def test_wrong_secret_for_a_real_key_id(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    from apiguard.keys import format_key
+
+    issued = await KeyManager(counting, hasher).create("a")
+    forged = format_key("apg", issued.record.key_id, "y" * 43)
+    with pytest.raises(InvalidCredentials) as info:
+        await verifier.verify(forged.encode())
+    assert info.value.reason == "wrong secret"
+    assert info.value.credential_id == issued.record.key_id
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"apg_" + "é".encode() * 40, b"a" * 10_000])
+async def test_garbage_bytes_are_malformed(verifier: KeyVerifier, raw: bytes) -> None:
+    with pytest.raises(InvalidCredentials) as info:
+        await verifier.verify(raw)
+    assert info.value.reason == "malformed"
+
+
+async def test_revoke_in_this_process_takes_effect_at_once(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    manager = KeyManager(counting, hasher)
+    issued = await manager.create("a")
+    await verifier.verify(issued.key.encode())
+    await manager.revoke(issued.record.key_id)
+    with pytest.raises(InvalidCredentials) as info:
+        await verifier.verify(issued.key.encode())
+    assert info.value.reason == "revoked"
+
+
+async def test_revoke_elsewhere_takes_effect_within_the_ttl(
+    tmp_path: Path, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    """Another process (another store object on the same database) is seen after the TTL."""
+    url = f"sqlite:///{tmp_path}/keys.db"
+    server_store, admin_store = open_store(url), open_store(url)
+    try:
+        verifier = KeyVerifier(server_store, hasher, cache=CacheOptions(ttl=30), clock=clock)
+        admin = KeyManager(admin_store, hasher)
+        issued = await admin.create("a")
+        await verifier.verify(issued.key.encode())
+        await admin.revoke(issued.record.key_id)
+        await verifier.verify(issued.key.encode())  # still cached: within the TTL
+        clock.now += 30
+        with pytest.raises(InvalidCredentials):
+            await verifier.verify(issued.key.encode())
+    finally:
+        await server_store.aclose()
+        await admin_store.aclose()
+
+
+async def test_revoke_during_a_lookup_is_not_undone_by_it(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    """A lookup that read the record before a revoke must not cache its result."""
+    manager = KeyManager(counting, hasher)
+    issued = await manager.create("a")
+    counting.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(verifier.verify, issued.key.encode())
+        await anyio.sleep(0.01)  # the lookup is waiting inside store.get
+        verifier.invalidate(issued.record.key_id)  # as a revoke would
+        counting.gate.set()
+    counting.gate = None
+    await verifier.verify(issued.key.encode())
+    assert counting.gets == 2  # the first result was not cached
+
+
+async def test_cache_never_outlives_the_key(counting: CountingStore, hasher: KeyHasher) -> None:
+    verifier = KeyVerifier(counting, hasher, cache=CacheOptions(ttl=3600))
+    issued = await KeyManager(counting, hasher).create("a", expires_in=timedelta(seconds=0.3))
+    await verifier.verify(issued.key.encode())
+    await anyio.sleep(0.35)
+    with pytest.raises(InvalidCredentials) as info:
+        await verifier.verify(issued.key.encode())
+    assert info.value.reason == "expired"
+
+
+async def test_concurrent_requests_share_one_lookup(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    issued = await KeyManager(counting, hasher).create("a")
+    counting.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(verifier.verify, issued.key.encode())
+        await anyio.sleep(0.01)
+        counting.gate.set()
+    assert counting.gets == 1
+
+
+async def test_store_outage_raises_and_is_not_cached(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    issued = await KeyManager(counting, hasher).create("a")
+    counting.down = True
+    with pytest.raises(BackendUnavailableError):
+        await verifier.verify(issued.key.encode())
+    counting.down = False
+    principal, _ = await verifier.verify(issued.key.encode())
+    assert principal.key_id == issued.record.key_id
+
+
+async def test_usage_write_failure_does_not_refuse(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, caplog: pytest.LogCaptureFixture
+) -> None:
+    issued = await KeyManager(counting, hasher).create("a")
+    counting.usage_down = True
+    principal, _ = await verifier.verify(issued.key.encode())
+    assert principal.is_authenticated
+    assert "could not record key usage" in caplog.text
+
+
+async def _slow_record(counting: CountingStore, secret: str) -> None:
+    await counting.add(make_record("SLOWSLOWSLOW", secret_hash=pbkdf2_sha256.hash(secret)))
+
+
+async def test_slow_hash_is_verified_off_the_loop_once_and_migrated(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apiguard.keys import format_key
+
+    secret = "s" * 43
+    await _slow_record(counting, secret)
+    threads: list[int] = []
+    real_verify = KeyHasher.verify
+
+    def spy(self: KeyHasher, secret: str, stored: str) -> tuple[bool, str | None]:
+        threads.append(threading.get_ident())
+        time.sleep(0.05)
+        return real_verify(self, secret, stored)
+
+    monkeypatch.setattr(KeyHasher, "verify", spy)
+    key = format_key("apg", "SLOWSLOWSLOW", secret).encode()
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        for _ in range(10):
+            await verifier.verify(key)
+        tg.cancel_scope.cancel()
+
+    assert len(threads) == 1  # hashed once for ten requests
+    assert threads[0] != threading.get_ident()  # in a worker thread
+    assert ticks >= 3  # the event loop kept running while it hashed
+    record = await counting.get("SLOWSLOWSLOW")
+    assert record is not None
+    assert hasher.is_fast(record.secret_hash)  # migrated to the default scheme
+
+
+async def test_failed_migration_still_grants(
+    verifier: KeyVerifier, counting: CountingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apiguard.keys import format_key
+
+    await _slow_record(counting, "s" * 43)
+
+    async def fail(key_id: str, secret_hash: str) -> None:
+        raise BackendUnavailableError("down")
+
+    counting.update_hash = fail  # type: ignore[method-assign]
+    principal, _ = await verifier.verify(format_key("apg", "SLOWSLOWSLOW", "s" * 43).encode())
+    assert principal.key_id == "SLOWSLOWSLOW"
+    assert "could not migrate" in caplog.text
+
+
+async def test_prefixes_are_configurable(counting: CountingStore, hasher: KeyHasher) -> None:
+    verifier = KeyVerifier(counting, hasher, prefixes=["acme"])
+    issued = await KeyManager(counting, hasher, prefix="acme").create("a")
+    principal, _ = await verifier.verify(issued.key.encode())
+    assert principal.name == "a"
+    other = await KeyManager(counting, hasher).create("b")
+    with pytest.raises(InvalidCredentials) as info:
+        await verifier.verify(other.key.encode())
+    assert info.value.reason == "unknown prefix"
+
+
+async def test_bad_options(counting: CountingStore, hasher: KeyHasher) -> None:
+    with pytest.raises(ConfigurationError):
+        KeyVerifier(counting, hasher, prefixes=[])
+    with pytest.raises(ConfigurationError):
+        CacheOptions(max_size=0)
+    with pytest.raises(ConfigurationError):
+        CacheOptions(ttl=-1)
+
+
+async def test_record_fields_reach_the_principal(counting: CountingStore, hasher: KeyHasher) -> None:
+    """A record edited in the store is picked up on the next cache fill."""
+    verifier = KeyVerifier(counting, hasher, cache=CacheOptions(ttl=0))
+    issued = await KeyManager(counting, hasher).create("a", scopes=["x"])
+    counting._records[issued.record.key_id] = replace(issued.record, scopes=frozenset({"y"}))
+    principal, _ = await verifier.verify(issued.key.encode())
+    assert principal.scopes == {"y"}
