@@ -123,16 +123,15 @@ async def test_single_flight_survives_a_cancelled_leader() -> None:
         return calls
 
     result: list[int] = []
-    async with anyio.create_task_group() as outer:
-        async with anyio.create_task_group() as leader:
-            leader.start_soon(flight.run, "k", fetch)
-            await started.wait()
+    async with anyio.create_task_group() as outer, anyio.create_task_group() as leader:
+        leader.start_soon(flight.run, "k", fetch)
+        await started.wait()
 
-            async def waiter() -> None:
-                result.append(await flight.run("k", fetch))
+        async def waiter() -> None:
+            result.append(await flight.run("k", fetch))
 
-            outer.start_soon(waiter)
-            await anyio.sleep(0.01)
-            leader.cancel_scope.cancel()
+        outer.start_soon(waiter)
+        await anyio.sleep(0.01)
+        leader.cancel_scope.cancel()
     assert result == [2]
     assert calls == 2

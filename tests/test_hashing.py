@@ -68,7 +68,9 @@ def test_scheme_not_accepted_verifies_nothing() -> None:
     assert strict.verify("x", argon2.hash("x")) == (False, None)
 
 
-def test_missing_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, hasher: KeyHasher) -> None:
+def test_missing_backend_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, hasher: KeyHasher
+) -> None:
     """A hash whose backend is not installed is a configuration error naming the extra."""
     from passlib.exc import MissingBackendError
 

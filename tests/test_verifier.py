@@ -230,7 +230,10 @@ async def test_store_outage_raises_and_is_not_cached(
 
 
 async def test_usage_write_failure_does_not_refuse(
-    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, caplog: pytest.LogCaptureFixture
+    verifier: KeyVerifier,
+    counting: CountingStore,
+    hasher: KeyHasher,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     issued = await KeyManager(counting, hasher).create("a")
     counting.usage_down = True
@@ -244,7 +247,10 @@ async def _slow_record(counting: CountingStore, secret: str) -> None:
 
 
 async def test_slow_hash_is_verified_off_the_loop_once_and_migrated(
-    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, monkeypatch: pytest.MonkeyPatch
+    verifier: KeyVerifier,
+    counting: CountingStore,
+    hasher: KeyHasher,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from apiguard.keys import format_key
 
@@ -319,7 +325,9 @@ async def test_bad_options(counting: CountingStore, hasher: KeyHasher) -> None:
         CacheOptions(ttl=-1)
 
 
-async def test_record_fields_reach_the_principal(counting: CountingStore, hasher: KeyHasher) -> None:
+async def test_record_fields_reach_the_principal(
+    counting: CountingStore, hasher: KeyHasher
+) -> None:
     """A record edited in the store is picked up on the next cache fill."""
     verifier = KeyVerifier(counting, hasher, cache=CacheOptions(ttl=0))
     issued = await KeyManager(counting, hasher).create("a", scopes=["x"])

@@ -60,6 +60,8 @@ def build_challenge(
         if description:
             params.append(("error_description", description))
     params.extend(extra)
+    if not params:  # RFC 9110 §11.6.1: a challenge may be the bare scheme
+        return scheme
     return scheme + " " + ", ".join(f"{name}={_quote(value)}" for name, value in params)
 
 

@@ -111,15 +111,17 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
 
+        # The scheme that was tried carries the error challenge (RFC 6750 §3).
         authenticator: Authenticator | None = None
+        attempted = self._authenticators[0]
         try:
             credential = None
-            for candidate in self._authenticators:
-                found = candidate.extract(scope)
+            for attempted in self._authenticators:
+                found = attempted.extract(scope)
                 if found is not None:
                     if authenticator is not None:
                         raise InvalidRequest(reason="several credentials")
-                    authenticator, credential = candidate, found
+                    authenticator, credential = attempted, found
             if authenticator is None or credential is None:
                 if not self._optional:
                     raise MissingCredentials
@@ -127,13 +129,13 @@ class GuardMiddleware:
             else:
                 grant = await authenticator.authenticate(credential)
         except ApiGuardError as exc:
-            await self._refuse(exc, authenticator, scope, receive, send)
+            await self._refuse(exc, authenticator or attempted, scope, receive, send)
             return
         except Exception as exc:
+            # Fail closed: a bug or an unexpected driver error is never a 500 or a pass.
             logger.exception("authentication failed unexpectedly; answering 503")
-            await self._refuse(
-                BackendUnavailableError(type(exc).__name__), authenticator, scope, receive, send
-            )
+            error = BackendUnavailableError(type(exc).__name__)
+            await self._refuse(error, authenticator or attempted, scope, receive, send)
             return
 
         scope["user"], scope["auth"] = grant
@@ -158,7 +160,7 @@ class GuardMiddleware:
     async def _refuse(
         self,
         exc: ApiGuardError,
-        authenticator: Authenticator | None,
+        authenticator: Authenticator,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -176,8 +178,7 @@ class GuardMiddleware:
         else:
             logger.error("refused status=503 reason=configuration error (%s)", exc)
             exc = BackendUnavailableError(str(exc))
-        scheme = authenticator.scheme if authenticator is not None else None
-        await self._responder.deny(exc, scheme, scope, receive, send)
+        await self._responder.deny(exc, authenticator.scheme, scope, receive, send)
 
 
 def _is_preflight(scope: Scope) -> bool:
