@@ -7,6 +7,7 @@ pytest.register_assert_rewrite("apiguard.testing")
 
 from collections.abc import AsyncIterator, Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -48,7 +49,7 @@ MakeClient = Callable[..., httpx.AsyncClient]
 
 @pytest.fixture
 def make_client() -> MakeClient:
-    def make(app: ASGIApp, **kwargs: object) -> httpx.AsyncClient:
+    def make(app: ASGIApp, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver", **kwargs
         )

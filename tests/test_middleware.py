@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 from apiguard import (
     ApiGuardError,
     APIKeyMiddleware,
+    AuthError,
     BackendUnavailableError,
     CacheOptions,
     ConfigurationError,
@@ -436,6 +437,7 @@ async def test_error_response_hook(guard: Any, make_client: MakeClient, is_async
     assert response.text == "nope: /x"
     assert response.headers["www-authenticate"] == INVALID_CHALLENGE
     assert len(seen) == 1
+    assert isinstance(seen[0], AuthError)
     assert seen[0].reason == "malformed"
 
 

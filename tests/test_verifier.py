@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -36,10 +36,10 @@ class CountingStore(MemoryKeyStore):
             await self.gate.wait()
         return await super().get(key_id)
 
-    async def record_usage(self, key_id: str, *, at: object) -> None:  # type: ignore[override]
+    async def record_usage(self, key_id: str, *, at: datetime) -> None:
         if self.usage_down:
             raise BackendUnavailableError("store down")
-        await super().record_usage(key_id, at=at)  # type: ignore[arg-type]
+        await super().record_usage(key_id, at=at)
 
 
 class FakeClock:

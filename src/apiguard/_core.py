@@ -9,7 +9,7 @@ find exactly one credential, authenticate it, place the principal in
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 from starlette.authentication import AuthCredentials
@@ -41,11 +41,19 @@ class Authenticator(Protocol):
     scheme: str
     """The `WWW-Authenticate` scheme this credential answers to (`ApiKey`, `Bearer`)."""
 
-    def extract(self, scope: Scope) -> bytes | None:
-        """The credential in the request, or `None`. Raises `InvalidRequest` on conflicts."""
+    @property
+    def extract(self) -> Callable[[Scope], bytes | None]:
+        """`extract(scope)`: the credential in the request, or `None`.
 
-    async def authenticate(self, credential: bytes) -> Grant:
-        """The principal for `credential`. Raises `AuthError` or `BackendUnavailableError`."""
+        Raises `InvalidRequest` when the request carries conflicting credentials.
+        """
+
+    @property
+    def authenticate(self) -> Callable[[bytes], Awaitable[Grant]]:
+        """`await authenticate(credential)`: the principal and credentials.
+
+        Raises `AuthError` or `BackendUnavailableError`.
+        """
 
     def strip(self, scope: Scope) -> None:
         """Remove the credential from `scope`, so the app never sees it."""
@@ -104,7 +112,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         if (self._check_exclusions and self._excluded(scope)) or (
-            self._allow_preflight and _is_preflight(scope)
+            scope.get("method") == "OPTIONS" and self._allow_preflight and _is_preflight(scope)
         ):
             scope.setdefault("user", ANONYMOUS)
             scope.setdefault("auth", _ANONYMOUS_GRANT[1])
@@ -183,7 +191,5 @@ class GuardMiddleware:
 
 def _is_preflight(scope: Scope) -> bool:
     # A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method.
-    if scope.get("method") != "OPTIONS":
-        return False
     names = {name for name, _ in scope["headers"]}
     return b"origin" in names and b"access-control-request-method" in names

@@ -8,7 +8,14 @@ from urllib.parse import parse_qsl, urlencode
 from apiguard.exceptions import ConfigurationError, InvalidRequest
 from apiguard.types import Scope
 
-__all__ = ["header_names", "read_headers", "read_query", "strip_headers", "strip_query"]
+__all__ = [
+    "header_names",
+    "read_headers",
+    "read_headers_or_query",
+    "read_query",
+    "strip_headers",
+    "strip_query",
+]
 
 
 def header_names(names: Collection[str]) -> frozenset[bytes]:
@@ -48,6 +55,17 @@ def read_query(scope: Scope, param: str) -> bytes | None:
     if len(values) > 1:
         raise InvalidRequest(reason="two different credentials")
     return values.pop().encode("latin-1") if values else None
+
+
+def read_headers_or_query(scope: Scope, names: frozenset[bytes], param: str) -> bytes | None:
+    """The one value sent in the headers `names` or the query parameter `param`."""
+    found = read_headers(scope, names)
+    in_query = read_query(scope, param)
+    if in_query is not None:
+        if found is not None and found != in_query:
+            raise InvalidRequest(reason="two different credentials")
+        found = in_query
+    return found
 
 
 def strip_headers(scope: Scope, names: frozenset[bytes]) -> None:

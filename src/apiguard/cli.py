@@ -187,7 +187,7 @@ def create(
     issued = _run(
         store_url,
         lambda store: _manager(store, prefix).create(
-            name, scopes=scopes, expires_in=expires_in or None, metadata=metadata
+            name, scopes=scopes, expires_in=expires_in, metadata=metadata
         ),
     )
     _echo_issued(issued, as_json)

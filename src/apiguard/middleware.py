@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
+from functools import partial
 
 from apiguard import _credentials
 from apiguard._challenge import ErrorResponseHook
 from apiguard._core import Grant, GuardMiddleware
-from apiguard.exceptions import ConfigurationError, InvalidRequest
+from apiguard.exceptions import ConfigurationError
 from apiguard.keys import open_store
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
@@ -20,27 +21,20 @@ __all__ = ["APIKeyMiddleware"]
 class _APIKeyAuthenticator:
     scheme = "ApiKey"
 
-    __slots__ = ("_headers", "_query_param", "_verifier")
+    __slots__ = ("_headers", "_query_param", "authenticate", "extract")
 
     def __init__(
         self, verifier: KeyVerifier, headers: frozenset[bytes], query_param: str | None
     ) -> None:
-        self._verifier = verifier
         self._headers = headers
         self._query_param = query_param
-
-    def extract(self, scope: Scope) -> bytes | None:
-        found = _credentials.read_headers(scope, self._headers)
-        if self._query_param is not None:
-            in_query = _credentials.read_query(scope, self._query_param)
-            if in_query is not None:
-                if found is not None and found != in_query:
-                    raise InvalidRequest(reason="two different credentials")
-                found = in_query
-        return found
-
-    async def authenticate(self, credential: bytes) -> Grant:
-        return await self._verifier.verify(credential)
+        # Bound once: the hot path makes one call to find the key and one to check it.
+        self.authenticate: Callable[[bytes], Awaitable[Grant]] = verifier.verify
+        self.extract: Callable[[Scope], bytes | None] = (
+            partial(_credentials.read_headers, names=headers)
+            if query_param is None
+            else partial(_credentials.read_headers_or_query, names=headers, param=query_param)
+        )
 
     def strip(self, scope: Scope) -> None:
         _credentials.strip_headers(scope, self._headers)

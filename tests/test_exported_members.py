@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import inspect
+
+import apiguard
+import apiguard.keys
+
+
+def test_public_api_is_pinned() -> None:
+    """The names apiguard exports; a change here is a change of the public API."""
+    assert apiguard.__all__ == [
+        "ANONYMOUS",
+        "APIKeyMiddleware",
+        "ApiGuardError",
+        "AuthError",
+        "BackendUnavailableError",
+        "CacheOptions",
+        "ConfigurationError",
+        "CredentialKind",
+        "InsufficientScope",
+        "InvalidCredentials",
+        "InvalidRequest",
+        "InvalidToken",
+        "KeyNotFoundError",
+        "KeyRecord",
+        "KeyStateError",
+        "KeyStore",
+        "MissingCredentials",
+        "Principal",
+        "__version__",
+    ]
+    assert apiguard.keys.__all__ == [
+        "BaseKeyStore",
+        "CacheOptions",
+        "GeneratedKey",
+        "IssuedKey",
+        "KeyHasher",
+        "KeyManager",
+        "KeyRecord",
+        "KeyStatus",
+        "KeyStore",
+        "KeyVerifier",
+        "MemoryKeyStore",
+        "ParsedKey",
+        "SQLKeyStore",
+        "format_key",
+        "generate_key",
+        "open_store",
+        "parse_key",
+        "register_scheme",
+    ]
+
+
+def test_every_exported_name_exists_and_says_where_it_lives() -> None:
+    for module in (apiguard, apiguard.keys):
+        for name in module.__all__:
+            member = getattr(module, name)
+            is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases
+            if is_alias or not (inspect.isclass(member) or inspect.isfunction(member)):
+                continue
+            assert member.__module__.startswith("apiguard"), name
+
+
+def test_version_is_a_string() -> None:
+    assert apiguard.__version__.count(".") == 2
