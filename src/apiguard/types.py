@@ -10,8 +10,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from apiguard.keys.record import KeyRecord
+    from apiguard.tokens.info import TokenInfo
 
-__all__ = ["ASGIApp", "KeyStore", "Message", "Receive", "Scope", "Send"]
+__all__ = ["ASGIApp", "KeyStore", "Message", "Receive", "Scope", "Send", "TokenIntrospector"]
 
 
 @runtime_checkable
@@ -63,3 +64,24 @@ class KeyStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections held by the store."""
+
+
+@runtime_checkable
+class TokenIntrospector(Protocol):
+    """Turns a bearer token into a `TokenInfo`.
+
+    `apiguard.tokens.JWTIntrospector` validates JWTs locally against the issuer's
+    keys; `apiguard.tokens.RemoteIntrospector` asks the authorization server
+    (RFC 7662). The two outcomes a caller must tell apart are distinct:
+
+    - the token is not valid here: return `TokenInfo(active=False)` or raise
+      `InvalidToken` (the client gets 401 `invalid_token`);
+    - the answer cannot be had (the authorization server or its keys cannot be
+      reached): raise `BackendUnavailableError` (the client gets 503).
+    """
+
+    async def introspect(self, token: str) -> TokenInfo:
+        """Verify `token` and describe it."""
+
+    async def aclose(self) -> None:
+        """Release HTTP clients the introspector owns."""

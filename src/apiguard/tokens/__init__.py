@@ -1,0 +1,26 @@
+"""OAuth 2.0 bearer tokens: introspectors that turn a token into a `TokenInfo`."""
+
+from __future__ import annotations
+
+from apiguard.tokens.discovery import discover, metadata_urls
+from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo, scopes_from_claims
+from apiguard.tokens.jwks import (
+    DEFAULT_ALGORITHMS,
+    DEFAULT_REQUIRED_CLAIMS,
+    JWTIntrospector,
+    TrustedIssuer,
+)
+from apiguard.types import TokenIntrospector
+
+__all__ = [
+    "DEFAULT_ALGORITHMS",
+    "DEFAULT_REQUIRED_CLAIMS",
+    "DEFAULT_SCOPE_CLAIMS",
+    "JWTIntrospector",
+    "TokenInfo",
+    "TokenIntrospector",
+    "TrustedIssuer",
+    "discover",
+    "metadata_urls",
+    "scopes_from_claims",
+]

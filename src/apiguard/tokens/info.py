@@ -1,0 +1,114 @@
+"""`TokenInfo`: what an introspector learned about a token, and the scopes it grants."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["DEFAULT_SCOPE_CLAIMS", "TokenInfo", "scopes_from_claims"]
+
+DEFAULT_SCOPE_CLAIMS = ("scope", "scp")
+"""Claims read for scopes unless told otherwise: `scope` (RFC 8693 §4.2, RFC 9068 §2.2.3)
+and `scp` (a string or a list, as several providers send it)."""
+
+MAX_SCOPES = 256  # bounds the work and memory one token can cause
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A verified token, or the verdict that it is not active.
+
+    Attributes:
+        active: Whether the token may be used (RFC 7662 §2.2 `active`).
+        subject: `sub`.
+        client_id: The OAuth client the token was issued to.
+        scopes: The scopes granted, from the scope claims (`scopes_from_claims`).
+        audience: `aud`, always as a tuple.
+        issuer: `iss`.
+        expires_at: `exp`, as an aware UTC datetime.
+        issued_at: `iat`.
+        token_type: The JWT `typ` header or the introspection `token_type`.
+        cnf: The confirmation claim (RFC 7800) of sender-constrained tokens.
+        claims: Every claim, as verified; left out of the repr.
+    """
+
+    active: bool
+    subject: str | None = None
+    client_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    audience: tuple[str, ...] = ()
+    issuer: str | None = None
+    expires_at: datetime | None = None
+    issued_at: datetime | None = None
+    token_type: str | None = None
+    cnf: Mapping[str, Any] | None = field(default=None, repr=False)
+    claims: Mapping[str, Any] = field(default_factory=_empty, repr=False)
+
+    @classmethod
+    def from_claims(
+        cls,
+        claims: Mapping[str, Any],
+        *,
+        scope_claims: Collection[str] = DEFAULT_SCOPE_CLAIMS,
+        token_type: str | None = None,
+    ) -> TokenInfo:
+        """Build an active `TokenInfo` from verified claims."""
+        aud = claims.get("aud")
+        audience = (
+            (aud,) if isinstance(aud, str) else tuple(a for a in aud or () if isinstance(a, str))
+        )
+        cnf = claims.get("cnf")
+        return cls(
+            active=True,
+            subject=_str(claims.get("sub")),
+            client_id=_str(claims.get("client_id")) or _str(claims.get("azp")),
+            scopes=scopes_from_claims(claims, scope_claims),
+            audience=audience,
+            issuer=_str(claims.get("iss")),
+            expires_at=_time(claims.get("exp")),
+            issued_at=_time(claims.get("iat")),
+            token_type=token_type or _str(claims.get("token_type")),
+            cnf=MappingProxyType(dict(cnf)) if isinstance(cnf, Mapping) else None,
+            claims=MappingProxyType(dict(claims)),
+        )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _time(value: object) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return datetime.fromtimestamp(value, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def scopes_from_claims(claims: Mapping[str, Any], scope_claims: Collection[str]) -> frozenset[str]:
+    """Collect scopes from the named claims.
+
+    A claim may be a space-delimited string (`"a b"`) or a list of strings; a dotted
+    name reads a nested claim (`"realm_access.roles"`). Anything else is ignored.
+    Call this only on verified claims.
+    """
+    found: set[str] = set()
+    for name in scope_claims:
+        value: Any = claims
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list):
+            found.update(v for v in value if isinstance(v, str) and v and " " not in v)
+        if len(found) > MAX_SCOPES:
+            break
+    return frozenset(sorted(found)[:MAX_SCOPES])

@@ -1,0 +1,388 @@
+"""`JWTIntrospector`: local validation of JWT access tokens (RFC 9068, RFC 8725).
+
+PyJWT decodes and checks signatures; everything around it is here: the issuer's
+key set fetched asynchronously and cached, one forced refetch for an unknown `kid`
+(rate-limited and shared by concurrent requests), each key bound to one algorithm,
+and the checks RFC 9068 §4 asks of a resource server.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+
+from apiguard._cache import SingleFlight
+from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
+from apiguard.tokens._http import check_url, get_json
+from apiguard.tokens.discovery import discover
+from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo
+
+__all__ = [
+    "DEFAULT_ALGORITHMS",
+    "DEFAULT_REQUIRED_CLAIMS",
+    "JWTIntrospector",
+    "TrustedIssuer",
+]
+
+logger = logging.getLogger("apiguard.tokens")
+
+DEFAULT_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+"""Asymmetric algorithms only: a JWKS holds public keys (RFC 8725 §3.1, RFC 9068 §2.1)."""
+DEFAULT_REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat")
+MAX_TOKEN_SIZE = 8192
+MAX_KEYS = 100
+
+# Which algorithms a key of each type (and curve) may be used with: one key, one
+# family, so an RSA public key can never verify an HMAC (RFC 8725 §3.1).
+_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_BY_CURVE = {
+    "P-256": "ES256",
+    "P-384": "ES384",
+    "P-521": "ES512",
+    "Ed25519": "EdDSA",
+    "Ed448": "EdDSA",
+}
+# RFC 7515 compact serialization: three base64url parts, a non-empty signature.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
+_OTHER_JWT = frozenset({"jwt", "application/jwt"})
+
+
+def _key_allows(jwk: Mapping[str, Any], alg: str) -> bool:
+    if jwk.get("use", "sig") != "sig":
+        return False
+    if "alg" in jwk:
+        return bool(jwk["alg"] == alg)
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        return alg in _RSA
+    if kty in ("EC", "OKP"):
+        return _BY_CURVE.get(str(jwk.get("crv"))) == alg
+    return False  # "oct" and unknown types: never
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIssuer:
+    """One issuer whose tokens are accepted, and how they are checked.
+
+    Attributes:
+        issuer: The issuer identifier, compared exactly with `iss` and with the
+            discovered metadata's `issuer`.
+        audience: The audience(s) this API accepts; `aud` must contain one of them.
+        jwks_uri: The issuer's key set. `None` discovers it (RFC 8414, then OpenID
+            Connect Discovery), lazily, on the first token.
+        algorithms: The algorithm allowlist. Asymmetric only.
+        accept_jwt_typ: Also accept `typ: JWT` (or no `typ`), as many providers still
+            send; RFC 9068 §4 wants `at+jwt`. Other `typ` values are refused either way.
+        required_claims: Claims that must be present.
+        scope_claims: Claims scopes are read from (`TokenInfo.scopes`), e.g. add
+            `"roles"` or `"realm_access.roles"` for providers that put permissions there.
+    """
+
+    issuer: str
+    audience: str | Collection[str]
+    jwks_uri: str | None = None
+    algorithms: Collection[str] = DEFAULT_ALGORITHMS
+    accept_jwt_typ: bool = False
+    required_claims: Collection[str] = DEFAULT_REQUIRED_CLAIMS
+    scope_claims: Collection[str] = DEFAULT_SCOPE_CLAIMS
+
+    def __post_init__(self) -> None:
+        check_url(self.issuer, "issuer")
+        if self.jwks_uri is not None:
+            check_url(self.jwks_uri, "jwks_uri")
+        if not self.audiences:
+            raise ConfigurationError("an expected audience is required (RFC 8725 §3.9)")
+        unknown = set(self.algorithms) - set(DEFAULT_ALGORITHMS)
+        if unknown or not self.algorithms:
+            raise ConfigurationError(
+                f"algorithms must be a non-empty subset of {DEFAULT_ALGORITHMS}; got {sorted(unknown)}"
+            )
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        return (self.audience,) if isinstance(self.audience, str) else tuple(self.audience)
+
+
+class _KeySet:
+    """One issuer's JWKS: cached with a TTL, refetched on an unknown kid at most once per cooldown."""
+
+    def __init__(
+        self,
+        issuer: TrustedIssuer,
+        client: httpx.AsyncClient,
+        *,
+        ttl: float,
+        min_ttl: float,
+        max_ttl: float,
+        refresh_cooldown: float,
+        max_stale: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._issuer = issuer
+        self._client = client
+        self._uri = issuer.jwks_uri
+        self._ttl, self._min_ttl, self._max_ttl = ttl, min_ttl, max_ttl
+        self._cooldown = refresh_cooldown
+        self._max_stale = max_stale
+        self._clock = clock
+        self._keys: dict[str | None, list[Mapping[str, Any]]] | None = None
+        self._fresh_until = 0.0
+        self._usable_until = 0.0
+        self._last_fetch = float("-inf")
+        self._parsed: dict[tuple[int, str], jwt.PyJWK] = {}
+        self._flight: SingleFlight[str, None] = SingleFlight()
+        self.fetches = 0
+
+    async def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        now = self._clock()
+        if self._keys is None or now >= self._fresh_until:
+            await self._refresh_or_keep_stale()
+        jwk = self._find(kid, alg)
+        if jwk is None and self._clock() - self._last_fetch >= self._cooldown:
+            # OIDC Core §10.1.1: an unfamiliar kid means the keys may have rotated.
+            await self._flight.run("fetch", self._fetch)
+            jwk = self._find(kid, alg)
+        if jwk is None:
+            raise InvalidToken(reason="no key for kid and alg")
+        cache_key = (id(jwk), alg)
+        parsed = self._parsed.get(cache_key)
+        if parsed is None:
+            try:
+                parsed = jwt.PyJWK(dict(jwk), algorithm=alg)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
+                logger.warning("unusable key in %s (kid=%s): %s", self._uri, kid, exc)
+                raise InvalidToken(reason="unusable key") from exc
+            self._parsed[cache_key] = parsed
+        return parsed
+
+    def _find(self, kid: str | None, alg: str) -> Mapping[str, Any] | None:
+        if self._keys is None:
+            return None
+        candidates = [k for k in self._keys.get(kid, ()) if _key_allows(k, alg)]
+        if kid is None and not candidates:
+            # No kid in the token: acceptable only when exactly one key fits.
+            candidates = [k for keys in self._keys.values() for k in keys if _key_allows(k, alg)]
+        return candidates[0] if len(candidates) == 1 else None
+
+    async def _refresh_or_keep_stale(self) -> None:
+        try:
+            await self._flight.run("fetch", self._fetch)
+        except BackendUnavailableError:
+            if self._keys is None or self._clock() >= self._usable_until:
+                raise
+            logger.warning(
+                "JWKS refresh failed for %s; using the last good keys", self._issuer.issuer
+            )
+
+    async def _fetch(self) -> None:
+        self._last_fetch = self._clock()
+        self.fetches += 1
+        if self._uri is None:
+            metadata = await discover(self._client, self._issuer.issuer)
+            uri = metadata.get("jwks_uri")
+            if not isinstance(uri, str):
+                raise BackendUnavailableError("authorization server metadata has no jwks_uri")
+            try:
+                self._uri = check_url(uri, "jwks_uri")
+            except ConfigurationError as exc:
+                raise BackendUnavailableError(str(exc)) from exc
+        document, headers = await get_json(self._client, self._uri, "JWKS")
+        keys = document.get("keys")
+        if not isinstance(keys, list):
+            raise BackendUnavailableError("JWKS has no keys array")
+        by_kid: dict[str | None, list[Mapping[str, Any]]] = {}
+        for jwk in keys[:MAX_KEYS]:
+            if isinstance(jwk, dict) and not ({"d", "k"} & jwk.keys()):  # public keys only
+                kid = jwk.get("kid")
+                by_kid.setdefault(kid if isinstance(kid, str) else None, []).append(jwk)
+        now = self._clock()
+        self._keys = by_kid
+        self._parsed.clear()
+        self._fresh_until = now + self._ttl_from(headers)
+        self._usable_until = self._fresh_until + self._max_stale
+
+    def _ttl_from(self, headers: httpx.Headers) -> float:
+        match = re.search(r"max-age=(\d+)", headers.get("cache-control", ""))
+        if match is None:
+            return self._ttl
+        return min(max(float(match[1]), self._min_ttl), self._max_ttl)
+
+
+class JWTIntrospector:
+    """Validates JWT access tokens locally, against each trusted issuer's published keys.
+
+    Args:
+        *issuers: The issuers whose tokens are accepted, each with its own keys.
+        http_client: The `httpx.AsyncClient` for discovery and JWKS requests. One is
+            made (and closed by `aclose()`) if none is given.
+        leeway: Seconds of clock skew allowed for `exp`, `nbf` and `iat`.
+        max_token_size: Longer tokens are refused unread.
+        jwks_ttl: Seconds a key set is used when its response has no `max-age`.
+        jwks_min_ttl, jwks_max_ttl: Bounds on a `Cache-Control: max-age`.
+        refresh_cooldown: Least seconds between two fetches caused by unknown `kid`s,
+            so forged `kid`s cannot flood the authorization server.
+        max_stale: Seconds the last good keys stay in use after they expire while the
+            key set cannot be fetched; after that, requests get 503.
+    """
+
+    def __init__(
+        self,
+        *issuers: TrustedIssuer,
+        http_client: httpx.AsyncClient | None = None,
+        leeway: float = 30,
+        max_token_size: int = MAX_TOKEN_SIZE,
+        jwks_ttl: float = 300,
+        jwks_min_ttl: float = 60,
+        jwks_max_ttl: float = 86_400,
+        refresh_cooldown: float = 30,
+        max_stale: float = 3600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not issuers:
+            raise ConfigurationError("at least one trusted issuer is required")
+        if len({i.issuer for i in issuers}) != len(issuers):
+            raise ConfigurationError("each issuer may be trusted once")
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        self._leeway = leeway
+        self._max_size = max_token_size
+        self._issuers: dict[str, tuple[TrustedIssuer, _KeySet]] = {
+            issuer.issuer: (
+                issuer,
+                _KeySet(
+                    issuer,
+                    self._client,
+                    ttl=jwks_ttl,
+                    min_ttl=jwks_min_ttl,
+                    max_ttl=jwks_max_ttl,
+                    refresh_cooldown=refresh_cooldown,
+                    max_stale=max_stale,
+                    clock=clock,
+                ),
+            )
+            for issuer in issuers
+        }
+        self._only = issuers[0].issuer if len(issuers) == 1 else None
+
+    @classmethod
+    def from_issuer(
+        cls,
+        issuer: str,
+        *,
+        audience: str | Collection[str],
+        http_client: httpx.AsyncClient | None = None,
+        **options: Any,
+    ) -> JWTIntrospector:
+        """Trust one issuer, finding its keys through discovery.
+
+        `options` are `TrustedIssuer` fields (`algorithms`, `accept_jwt_typ`,
+        `required_claims`, `scope_claims`, `jwks_uri`) and `JWTIntrospector`
+        arguments (`leeway`, `refresh_cooldown`, ...).
+        """
+        fields = {"jwks_uri", "algorithms", "accept_jwt_typ", "required_claims", "scope_claims"}
+        trusted = TrustedIssuer(
+            issuer, audience, **{k: v for k, v in options.items() if k in fields}
+        )
+        rest = {k: v for k, v in options.items() if k not in fields}
+        return cls(trusted, http_client=http_client, **rest)
+
+    def __repr__(self) -> str:
+        return f"JWTIntrospector(issuers={list(self._issuers)!r})"
+
+    def key_fetches(self, issuer: str) -> int:
+        """How many times the issuer's metadata or keys were fetched (for monitoring and tests)."""
+        return self._issuers[issuer][1].fetches
+
+    async def introspect(self, token: str) -> TokenInfo:
+        """Validate `token`; raise `InvalidToken` (401) or `BackendUnavailableError` (503)."""
+        if len(token) > self._max_size:
+            raise InvalidToken(reason="token too large")
+        if not _COMPACT_JWS.fullmatch(token):
+            # RFC 8725bis: anything but compact serialization (JWE, JSON) is refused.
+            raise InvalidToken(reason="not a compact JWS")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(reason="malformed header") from exc
+        alg, typ, kid = header.get("alg"), header.get("typ"), header.get("kid")
+        trusted, keys = self._issuer_of(token)
+        if not isinstance(alg, str) or alg not in trusted.algorithms:
+            raise InvalidToken(reason="algorithm not allowed")
+        self._check_typ(trusted, typ)
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken(reason="malformed kid")
+        # jku, x5u, x5c and jwk headers are never consulted: keys come only from the
+        # issuer's JWKS (RFC 8725 §3.10).
+        key = await keys.key(kid, alg)
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=trusted.audiences,
+                issuer=trusted.issuer,
+                leeway=self._leeway,
+                options={"require": list(trusted.required_claims)},
+            )
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(reason=_reason(exc)) from exc
+        if claims.get("iss") != trusted.issuer:  # exact, whatever the decoder did
+            raise InvalidToken(reason="issuer mismatch")
+        return TokenInfo.from_claims(
+            claims,
+            scope_claims=trusted.scope_claims,
+            token_type=typ if isinstance(typ, str) else None,
+        )
+
+    def _issuer_of(self, token: str) -> tuple[TrustedIssuer, _KeySet]:
+        if self._only is not None:
+            return self._issuers[self._only]
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(reason="malformed payload") from exc
+        entry = self._issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
+        if entry is None:
+            raise InvalidToken(reason="untrusted issuer")
+        return entry
+
+    @staticmethod
+    def _check_typ(trusted: TrustedIssuer, typ: object) -> None:
+        # RFC 9068 §4: typ must be at+jwt (media types compare case-insensitively).
+        value = typ.lower() if isinstance(typ, str) else None
+        if value in _AT_JWT:
+            return
+        if trusted.accept_jwt_typ and (value is None or value in _OTHER_JWT):
+            return
+        raise InvalidToken(reason="wrong typ")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if the introspector made it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+
+def _reason(exc: jwt.InvalidTokenError) -> str:
+    reasons: Sequence[tuple[type[Exception], str]] = (
+        (jwt.ExpiredSignatureError, "expired"),
+        (jwt.ImmatureSignatureError, "not yet valid"),
+        (jwt.InvalidAudienceError, "wrong audience"),
+        (jwt.InvalidIssuerError, "wrong issuer"),
+        (jwt.InvalidSignatureError, "bad signature"),
+        (jwt.MissingRequiredClaimError, "missing claim"),
+        (jwt.InvalidIssuedAtError, "bad iat"),
+    )
+    for kind, reason in reasons:
+        if isinstance(exc, kind):
+            return reason
+    return "invalid"
