@@ -135,3 +135,28 @@ async def test_single_flight_survives_a_cancelled_leader() -> None:
         leader.cancel_scope.cancel()
     assert result == [2]
     assert calls == 2
+
+
+def test_verdict_cache_caps_grants_by_lifetime_and_skips_stale_fills() -> None:
+    from apiguard._cache import CacheOptions, VerdictCache
+
+    now = [100.0]
+    verdicts: VerdictCache[str, str] = VerdictCache(
+        CacheOptions(ttl=30, negative_ttl=5), lambda: now[0]
+    )
+    generation = verdicts.generation
+    verdicts.allow("short", "grant", generation, lifetime=2)
+    verdicts.allow("long", "grant", generation, lifetime=3600, tag="t")
+    verdicts.refuse("bad", "revoked", generation, tag="t")
+    assert verdicts.positive.get("short", 101.9) == "grant"
+    assert verdicts.positive.get("short", 102.0) is None  # the credential's own lifetime
+    assert verdicts.positive.get("long", 129.9) == "grant"
+    assert verdicts.positive.get("long", 130.0) is None  # the cache's ttl
+    assert verdicts.negative.get("bad", 104.9) == "revoked"
+    verdicts.invalidate("t")
+    assert verdicts.negative.get("bad", 101.0) is None
+    # A fill that began before the invalidation stores nothing.
+    verdicts.allow("late", "grant", generation)
+    verdicts.refuse("late-bad", "x", generation)
+    assert verdicts.positive.get("late", 101.0) is None
+    assert verdicts.negative.get("late-bad", 101.0) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from apiguard._cache import CacheOptions
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -16,7 +17,6 @@ from apiguard.exceptions import (
     MissingCredentials,
 )
 from apiguard.keys.record import KeyRecord
-from apiguard.keys.verifier import CacheOptions
 from apiguard.middleware import APIKeyMiddleware
 from apiguard.principal import ANONYMOUS, CredentialKind, Principal
 from apiguard.types import KeyStore

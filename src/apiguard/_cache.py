@@ -1,12 +1,15 @@
-"""A bounded TTL cache and single-flight, shared by key verification and token introspection."""
+"""Bounded caches and single-flight, shared by key verification and token introspection."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import anyio
+
+from apiguard.exceptions import ConfigurationError
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -124,3 +127,82 @@ class SingleFlight(Generic[K, V]):
             del self._calls[key]
             call.done.set()
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """How long verifications are trusted without asking the store (or the issuer) again.
+
+    Attributes:
+        max_size: Entries kept in each of the positive and negative caches (LRU).
+        ttl: Seconds a successful verification is reused. For API keys this is the
+            worst-case delay before a revoke made in *another* process takes effect
+            here; for bearer tokens, before a revocation at the authorization server
+            does. It never outlives the credential's own expiry.
+        negative_ttl: Seconds a refused credential is refused without asking again.
+            Malformed credentials and outages are never cached.
+    """
+
+    max_size: int = 10_000
+    ttl: float = 30.0
+    negative_ttl: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ConfigurationError("CacheOptions.max_size must be at least 1")
+        if self.ttl < 0 or self.negative_ttl < 0:
+            raise ConfigurationError("cache TTLs cannot be negative")
+
+
+class VerdictCache(Generic[K, V]):
+    """Verdicts on credentials: grants for `ttl`, refusal reasons for `negative_ttl`.
+
+    Keys are digests of credentials, never credentials. Concurrent misses for one key
+    share one `fill`. A fill that started before an `invalidate` does not store its
+    verdict, so an in-flight request cannot undo a revoke.
+    """
+
+    __slots__ = ("_clock", "_flight", "_generation", "negative", "options", "positive")
+
+    def __init__(self, options: CacheOptions, clock: Callable[[], float]) -> None:
+        self.options = options
+        self.positive: TTLCache[K, V] = TTLCache(options.max_size)
+        self.negative: TTLCache[K, str] = TTLCache(options.max_size)
+        self._flight: SingleFlight[K, V] = SingleFlight()
+        self._clock = clock
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Changes on every invalidation; pass it back to `allow`/`refuse`."""
+        return self._generation
+
+    def invalidate(self, tag: Hashable) -> None:
+        """Forget every verdict stored with `tag`."""
+        self._generation += 1
+        self.positive.invalidate(tag)
+        self.negative.invalidate(tag)
+
+    def allow(
+        self,
+        key: K,
+        value: V,
+        generation: int,
+        *,
+        tag: Hashable = None,
+        lifetime: float | None = None,
+    ) -> None:
+        """Store a grant for `ttl` seconds, or `lifetime` if that is shorter."""
+        if generation != self._generation:
+            return
+        ttl = self.options.ttl if lifetime is None else min(self.options.ttl, lifetime)
+        self.positive.set(key, value, self._clock() + ttl, tag)
+
+    def refuse(self, key: K, reason: str, generation: int, *, tag: Hashable = None) -> None:
+        """Store a refusal for `negative_ttl` seconds."""
+        if generation == self._generation:
+            self.negative.set(key, reason, self._clock() + self.options.negative_ttl, tag)
+
+    async def fill(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        """`await fn()`, shared with concurrent callers for the same key."""
+        return await self._flight.run(key, fn)

@@ -23,14 +23,13 @@ from apiguard.exceptions import (
     InvalidRequest,
     MissingCredentials,
 )
-from apiguard.principal import ANONYMOUS, Principal
+from apiguard.principal import ANONYMOUS, Grant
 from apiguard.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["Authenticator", "Grant", "GuardMiddleware"]
 
 logger = logging.getLogger("apiguard.middleware")
 
-Grant = tuple[Principal, AuthCredentials]
 _ANONYMOUS_GRANT: Grant = (ANONYMOUS, AuthCredentials())
 _GUARDED = frozenset({"http", "websocket"})
 

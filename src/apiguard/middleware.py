@@ -6,13 +6,15 @@ from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 
 from apiguard import _credentials
+from apiguard._cache import CacheOptions
 from apiguard._challenge import ErrorResponseHook
-from apiguard._core import Grant, GuardMiddleware
+from apiguard._core import GuardMiddleware
 from apiguard.exceptions import ConfigurationError
 from apiguard.keys import open_store
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
-from apiguard.keys.verifier import CacheOptions, KeyVerifier
+from apiguard.keys.verifier import KeyVerifier
+from apiguard.principal import Grant
 from apiguard.types import ASGIApp, KeyStore, Scope
 
 __all__ = ["APIKeyMiddleware"]

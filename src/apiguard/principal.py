@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from starlette.authentication import BaseUser
+from starlette.authentication import AuthCredentials, BaseUser
 
-__all__ = ["ANONYMOUS", "CredentialKind", "Principal"]
+__all__ = ["ANONYMOUS", "CredentialKind", "Grant", "Principal"]
 
 CredentialKind = Literal["api_key", "bearer", "anonymous"]
 
@@ -64,3 +64,6 @@ class Principal(BaseUser):
 
 ANONYMOUS = Principal(identity="", kind="anonymous")
 """The principal of a request let through without credentials (optional mode, exclusions)."""
+
+Grant = tuple[Principal, AuthCredentials]
+"""What authentication yields: the values for `scope["user"]` and `scope["auth"]`."""

@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from apiguard._cache import CacheOptions
 from apiguard.exceptions import ConfigurationError
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.format import GeneratedKey, ParsedKey, format_key, generate_key, parse_key
@@ -17,7 +18,7 @@ from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.manager import IssuedKey, KeyManager
 from apiguard.keys.memory import MemoryKeyStore
 from apiguard.keys.record import KeyRecord, KeyStatus
-from apiguard.keys.verifier import CacheOptions, KeyVerifier
+from apiguard.keys.verifier import KeyVerifier
 from apiguard.types import KeyStore
 
 if TYPE_CHECKING:

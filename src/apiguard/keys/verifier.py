@@ -10,54 +10,27 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import NoReturn
 
 import anyio
 from starlette.authentication import AuthCredentials
 
-from apiguard._cache import SingleFlight, TTLCache
+from apiguard._cache import CacheOptions, VerdictCache
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidCredentials
 from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.record import KeyRecord, utcnow
-from apiguard.principal import Principal
+from apiguard.principal import Grant, Principal
 from apiguard.types import KeyStore
 
 __all__ = ["CacheOptions", "KeyVerifier"]
 
 logger = logging.getLogger("apiguard.keys")
 
-Grant = tuple[Principal, AuthCredentials]
 
 # Cache keys are BLAKE2s-256 digests of the presented key, never the key itself;
 # BLAKE2s costs about half of SHA-256 on a short input, and this runs per request.
 _digest = hashlib.blake2s
-
-
-@dataclass(frozen=True, slots=True)
-class CacheOptions:
-    """How long verifications are trusted without asking the store again.
-
-    Attributes:
-        max_size: Entries kept in each of the positive and negative caches (LRU).
-        ttl: Seconds a successful verification is reused. This is the worst-case
-            delay before a revoke made in *another* process takes effect here (a
-            revoke through this process's store takes effect at once). It never
-            outlives the key's own expiry.
-        negative_ttl: Seconds a refused key (unknown, wrong secret, revoked, expired)
-            is refused without asking the store again. Malformed keys are never cached.
-    """
-
-    max_size: int = 10_000
-    ttl: float = 30.0
-    negative_ttl: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.max_size < 1:
-            raise ConfigurationError("CacheOptions.max_size must be at least 1")
-        if self.ttl < 0 or self.negative_ttl < 0:
-            raise ConfigurationError("cache TTLs cannot be negative")
 
 
 class KeyVerifier:
@@ -87,22 +60,14 @@ class KeyVerifier:
         self._prefixes = frozenset(validate_prefix(p) for p in prefixes)
         if not self._prefixes:
             raise ConfigurationError("at least one key prefix is required")
-        self._options = cache or CacheOptions()
-        self._positive: TTLCache[bytes, Grant] = TTLCache(self._options.max_size)
-        self._negative: TTLCache[bytes, str] = TTLCache(self._options.max_size)
-        self._flight: SingleFlight[bytes, Grant] = SingleFlight()
+        self._verdicts: VerdictCache[bytes, Grant] = VerdictCache(cache or CacheOptions(), clock)
         self._slow_limiter = anyio.CapacityLimiter(slow_hash_concurrency)
         self._clock = clock
-        # Bumped on every invalidation: a lookup that started before it must not
-        # cache what it read, or a revoke could be undone by an in-flight request.
-        self._generation = 0
         store.add_listener(self.invalidate)
 
     def invalidate(self, key_id: str) -> None:
         """Forget every cached verification of `key_id` (called on revoke and rotate)."""
-        self._generation += 1
-        self._positive.invalidate(key_id)
-        self._negative.invalidate(key_id)
+        self._verdicts.invalidate(key_id)
 
     async def verify(self, raw: bytes) -> Grant:
         """Return the principal and credentials for a presented key.
@@ -115,16 +80,17 @@ class KeyVerifier:
             raise InvalidCredentials(reason="malformed")
         digest = _digest(raw).digest()
         now = self._clock()
-        grant = self._positive.get(digest, now)
+        verdicts = self._verdicts
+        grant = verdicts.positive.get(digest, now)
         if grant is not None:
             return grant
-        reason = self._negative.get(digest, now)
+        reason = verdicts.negative.get(digest, now)
         if reason is not None:
             raise InvalidCredentials(reason=reason)
-        return await self._flight.run(digest, lambda: self._lookup(raw, digest))
+        return await verdicts.fill(digest, lambda: self._lookup(raw, digest))
 
     async def _lookup(self, raw: bytes, digest: bytes) -> Grant:
-        generation = self._generation
+        generation = self._verdicts.generation
         try:
             parsed = parse_key(raw.decode("ascii"), self._prefixes)
         except UnicodeDecodeError:
@@ -149,13 +115,10 @@ class KeyVerifier:
         if new_hash is not None:
             await self._migrate(record, new_hash)
         grant = _grant(record)
-        if generation == self._generation:
-            deadline = self._clock() + self._options.ttl
-            if record.expires_at is not None:
-                deadline = min(
-                    deadline, self._clock() + (record.expires_at - wall_now).total_seconds()
-                )
-            self._positive.set(digest, grant, deadline, tag=record.key_id)
+        lifetime = None
+        if record.expires_at is not None:
+            lifetime = (record.expires_at - wall_now).total_seconds()
+        self._verdicts.allow(digest, grant, generation, tag=record.key_id, lifetime=lifetime)
         try:
             await self.store.record_usage(record.key_id, at=wall_now)
         except BackendUnavailableError:
@@ -163,9 +126,7 @@ class KeyVerifier:
         return grant
 
     def _refuse(self, digest: bytes, key_id: str, reason: str, generation: int) -> NoReturn:
-        if generation == self._generation:
-            deadline = self._clock() + self._options.negative_ttl
-            self._negative.set(digest, reason, deadline, tag=key_id)
+        self._verdicts.refuse(digest, reason, generation, tag=key_id)
         error = InvalidCredentials(reason=reason)
         error.credential_id = key_id
         raise error
