@@ -86,7 +86,7 @@ def connection_scope() -> Scope:
 )
 async def test_refusals_per_error(error: Exception, status: int, challenge: list[str]) -> None:
     """No credentials: every scheme's bare challenge (RFC 6750 §3.1); else the tried scheme's."""
-    responder = ErrorResponder(schemes=["ApiKey", "Bearer"], realm="api")
+    responder = ErrorResponder(schemes=[("ApiKey", ()), ("Bearer", ())], realm="api")
     response = await responder.response(error, "Bearer", connection_scope(), _no_receive)  # type: ignore[arg-type]
     assert response.status_code == status
     assert response.headers.getlist("www-authenticate") == challenge

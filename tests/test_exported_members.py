@@ -4,16 +4,21 @@ import inspect
 
 import apiguard
 import apiguard.keys
+import apiguard.tokens
 
 
 def test_public_api_is_pinned() -> None:
     """The names apiguard exports; a change here is a change of the public API."""
     assert apiguard.__all__ == [
         "ANONYMOUS",
+        "APIKeyAuth",
         "APIKeyMiddleware",
         "ApiGuardError",
         "AuthError",
+        "AuthMiddleware",
         "BackendUnavailableError",
+        "BearerAuth",
+        "BearerTokenMiddleware",
         "CacheOptions",
         "ConfigurationError",
         "CredentialKind",
@@ -27,6 +32,7 @@ def test_public_api_is_pinned() -> None:
         "KeyStore",
         "MissingCredentials",
         "Principal",
+        "TokenIntrospector",
         "__version__",
     ]
     assert apiguard.keys.__all__ == [
@@ -49,10 +55,23 @@ def test_public_api_is_pinned() -> None:
         "parse_key",
         "register_scheme",
     ]
+    assert apiguard.tokens.__all__ == [
+        "DEFAULT_ALGORITHMS",
+        "DEFAULT_REQUIRED_CLAIMS",
+        "DEFAULT_SCOPE_CLAIMS",
+        "JWTIntrospector",
+        "TokenInfo",
+        "TokenIntrospector",
+        "TokenVerifier",
+        "TrustedIssuer",
+        "discover",
+        "metadata_urls",
+        "scopes_from_claims",
+    ]
 
 
 def test_every_exported_name_exists_and_says_where_it_lives() -> None:
-    for module in (apiguard, apiguard.keys):
+    for module in (apiguard, apiguard.keys, apiguard.tokens):
         for name in module.__all__:
             member = getattr(module, name)
             is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from apiguard._cache import CacheOptions
+from apiguard._core import AuthMiddleware
+from apiguard.authenticators import APIKeyAuth, BearerAuth
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -17,18 +19,22 @@ from apiguard.exceptions import (
     MissingCredentials,
 )
 from apiguard.keys.record import KeyRecord
-from apiguard.middleware import APIKeyMiddleware
+from apiguard.middleware import APIKeyMiddleware, BearerTokenMiddleware
 from apiguard.principal import ANONYMOUS, CredentialKind, Principal
-from apiguard.types import KeyStore
+from apiguard.types import KeyStore, TokenIntrospector
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ANONYMOUS",
+    "APIKeyAuth",
     "APIKeyMiddleware",
     "ApiGuardError",
     "AuthError",
+    "AuthMiddleware",
     "BackendUnavailableError",
+    "BearerAuth",
+    "BearerTokenMiddleware",
     "CacheOptions",
     "ConfigurationError",
     "CredentialKind",
@@ -42,5 +48,6 @@ __all__ = [
     "KeyStore",
     "MissingCredentials",
     "Principal",
+    "TokenIntrospector",
     "__version__",
 ]

@@ -77,7 +77,8 @@ class ErrorResponder:
     """Turns an error into the response (or websocket denial) the client gets.
 
     Args:
-        schemes: The challenge schemes offered when no credentials were sent, in order.
+        schemes: The challenge schemes offered when no credentials were sent, in
+            order, each with the parameters every challenge of it carries.
         realm: The `realm` parameter of every challenge, or `None` to leave it out.
         problem_details: Send `application/problem+json` (RFC 9457) bodies instead
             of the default `{"error": ..., "error_description": ...}` JSON.
@@ -89,19 +90,22 @@ class ErrorResponder:
     def __init__(
         self,
         *,
-        schemes: Sequence[str],
+        schemes: Sequence[tuple[str, Sequence[tuple[str, str]]]],
         realm: str | None,
         problem_details: bool = False,
         retry_after: int = 5,
         hook: ErrorResponseHook | None = None,
     ) -> None:
-        self._schemes = tuple(schemes)
+        self._params = {scheme: tuple(params) for scheme, params in schemes}
         self._realm = realm
         self._problem_details = problem_details
         self._retry_after = str(retry_after)
         self._hook = hook
         # Precomputed: the challenge sent when no credentials came (RFC 6750 §3.1).
-        self._bare = [("www-authenticate", build_challenge(s, realm)) for s in self._schemes]
+        self._bare = [
+            ("www-authenticate", build_challenge(scheme, realm, extra=params))
+            for scheme, params in schemes
+        ]
 
     def refusal(self, error: ApiGuardError, scheme: str | None) -> _Refusal:
         """Status, error code, description and headers for `error`."""
@@ -118,6 +122,7 @@ class ErrorResponder:
                 error=error.error,
                 description=error.description,
                 scope=scopes,
+                extra=self._params.get(scheme, ()),
             )
             headers = [("www-authenticate", challenge)]
         headers.append(("cache-control", "no-store"))

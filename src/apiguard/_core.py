@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from starlette.authentication import AuthCredentials
 
@@ -26,7 +26,7 @@ from apiguard.exceptions import (
 from apiguard.principal import ANONYMOUS, Grant
 from apiguard.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["Authenticator", "Grant", "GuardMiddleware"]
+__all__ = ["AuthMiddleware", "Authenticator", "GuardOptions"]
 
 logger = logging.getLogger("apiguard.middleware")
 
@@ -39,6 +39,9 @@ class Authenticator(Protocol):
 
     scheme: str
     """The `WWW-Authenticate` scheme this credential answers to (`ApiKey`, `Bearer`)."""
+
+    challenge_params: tuple[tuple[str, str], ...]
+    """Parameters added to every challenge of this scheme (e.g. `resource_metadata`)."""
 
     @property
     def extract(self) -> Callable[[Scope], bytes | None]:
@@ -58,11 +61,46 @@ class Authenticator(Protocol):
         """Remove the credential from `scope`, so the app never sees it."""
 
 
-class GuardMiddleware:
-    """Pure ASGI middleware that authenticates with the first matching `Authenticator`.
+class GuardOptions(TypedDict, total=False):
+    """The options every apiguard middleware takes besides its credentials."""
 
-    The public middlewares (`APIKeyMiddleware`, ...) are this core with their
-    authenticators; see those classes for the options.
+    realm: str | None
+    exclude_paths: Collection[str]
+    exclude_methods: Collection[str]
+    allow_preflight: bool
+    optional: bool
+    hide_credentials: bool
+    problem_details: bool
+    retry_after: int
+    error_response: ErrorResponseHook | None
+
+
+class AuthMiddleware:
+    """Pure ASGI middleware: every http and websocket request must carry one valid credential.
+
+    `app.add_middleware(AuthMiddleware, authenticators=[APIKeyAuth(...), BearerAuth(...)])`
+
+    The request's credential is found by the authenticators, in order. A request
+    may carry only one: two different credentials are a 400 `invalid_request`, so a
+    bad credential is never skipped in favour of another. The one found is checked;
+    a refusal is final. `APIKeyMiddleware` and `BearerTokenMiddleware` are this
+    middleware with one authenticator.
+
+    Args:
+        app: The ASGI app to protect.
+        authenticators: The credentials accepted (`APIKeyAuth`, `BearerAuth`).
+        realm: The challenge `realm`, or `None` for none.
+        exclude_paths: Paths served without credentials: exact (`"/health"`) or,
+            ending in `*`, prefixes (`"/public/*"`). Matched without the root path.
+        exclude_methods: HTTP methods served without credentials.
+        allow_preflight: Let CORS preflight requests through without credentials.
+        optional: A request without credentials gets the anonymous principal instead
+            of a 401; a bad credential is still refused.
+        hide_credentials: Remove the credential from the request before the app sees it.
+        problem_details: Send RFC 9457 `application/problem+json` bodies.
+        retry_after: Seconds in the `Retry-After` header of a 503.
+        error_response: `hook(connection, error) -> Response` (sync or async) to build
+            refusals yourself; challenge and `Retry-After` headers are added if missing.
     """
 
     def __init__(
@@ -99,7 +137,7 @@ class GuardMiddleware:
         self._optional = optional
         self._hide = hide_credentials
         self._responder = ErrorResponder(
-            schemes=[a.scheme for a in self._authenticators],
+            schemes=[(a.scheme, a.challenge_params) for a in self._authenticators],
             realm=realm,
             problem_details=problem_details,
             retry_after=retry_after,

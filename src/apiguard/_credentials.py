@@ -18,6 +18,10 @@ __all__ = [
 ]
 
 
+_AUTHORIZATION = frozenset({b"authorization"})
+AUTHORIZATION = _AUTHORIZATION
+
+
 def header_names(names: Collection[str]) -> frozenset[bytes]:
     """Header names as ASGI carries them: lower-case latin-1 bytes."""
     if isinstance(names, str):
@@ -66,6 +70,28 @@ def read_headers_or_query(scope: Scope, names: frozenset[bytes], param: str) -> 
             raise InvalidRequest(reason="two different credentials")
         found = in_query
     return found
+
+
+def read_bearer(scope: Scope) -> bytes | None:
+    """The token of an `Authorization: Bearer <token>` header, or `None`.
+
+    The scheme name is case-insensitive (RFC 9110 §11.1). Another scheme (`Basic`,
+    `DPoP`) is not a bearer credential: `None`. The token's characters are checked by
+    the verifier, once per token, not here on every request.
+
+    Raises:
+        InvalidRequest: Two different Authorization headers, or `Bearer` with no token.
+    """
+    value = read_headers(scope, _AUTHORIZATION)
+    if value is None:
+        return None
+    scheme, _, token = value.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    token = token.lstrip(b" ")
+    if not token:
+        raise InvalidRequest(reason="empty bearer token")
+    return token
 
 
 def strip_headers(scope: Scope, names: frozenset[bytes]) -> None:

@@ -10,6 +10,7 @@ from apiguard.tokens.jwks import (
     JWTIntrospector,
     TrustedIssuer,
 )
+from apiguard.tokens.verifier import TokenVerifier
 from apiguard.types import TokenIntrospector
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "JWTIntrospector",
     "TokenInfo",
     "TokenIntrospector",
+    "TokenVerifier",
     "TrustedIssuer",
     "discover",
     "metadata_urls",

@@ -1,0 +1,105 @@
+"""`TokenVerifier`: from a presented bearer token to a `Principal`, through a bounded cache.
+
+A token seen before costs a SHA-256 and a dictionary lookup. A new one goes to the
+introspector once, however many requests carry it at the same moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable
+
+from starlette.authentication import AuthCredentials
+
+from apiguard._cache import CacheOptions, VerdictCache
+from apiguard.exceptions import InvalidToken
+from apiguard.keys.record import utcnow
+from apiguard.principal import Grant, Principal
+from apiguard.tokens.info import TokenInfo
+from apiguard.types import TokenIntrospector
+
+__all__ = ["TokenVerifier"]
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+
+
+class TokenVerifier:
+    """Verifies bearer tokens with an introspector, caching the outcome.
+
+    Cache keys are SHA-256 digests of tokens (RFC 9700 §4.9.3: tokens are not stored
+    in plaintext). A grant is reused for `cache.ttl` seconds and never past the
+    token's `exp` (RFC 7662 §4); refusals for `cache.negative_ttl`; outages never.
+
+    Args:
+        introspector: Verifies tokens (`JWTIntrospector`, `RemoteIntrospector`, ...).
+        cache: Cache sizes and lifetimes.
+    """
+
+    def __init__(
+        self,
+        introspector: TokenIntrospector,
+        *,
+        cache: CacheOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.introspector = introspector
+        self._verdicts: VerdictCache[bytes, Grant] = VerdictCache(cache or CacheOptions(), clock)
+        self._clock = clock
+
+    async def verify(self, raw: bytes) -> Grant:
+        """Return the principal and credentials for a presented token.
+
+        Raises:
+            InvalidToken: The token is malformed, inactive, expired or otherwise invalid.
+            BackendUnavailableError: The introspector could not get an answer.
+        """
+        digest = hashlib.sha256(raw).digest()
+        now = self._clock()
+        verdicts = self._verdicts
+        grant = verdicts.positive.get(digest, now)
+        if grant is not None:
+            return grant
+        reason = verdicts.negative.get(digest, now)
+        if reason is not None:
+            raise InvalidToken(reason=reason)
+        return await verdicts.fill(digest, lambda: self._lookup(raw, digest))
+
+    async def _lookup(self, raw: bytes, digest: bytes) -> Grant:
+        generation = self._verdicts.generation
+        if not _B64TOKEN.fullmatch(raw):
+            raise InvalidToken(reason="malformed")
+        try:
+            info = await self.introspector.introspect(raw.decode("ascii"))
+            if not info.active:
+                raise InvalidToken(reason="inactive")
+            if info.cnf is not None and ({"jkt", "x5t#S256"} & info.cnf.keys()):
+                # RFC 9449 §7.2 / RFC 8705 §3: a sender-constrained token presented as
+                # a plain Bearer token, without its proof, is refused.
+                raise InvalidToken(reason="sender-constrained token without proof")
+            lifetime = None
+            if info.expires_at is not None:
+                lifetime = (info.expires_at - utcnow()).total_seconds()
+                if lifetime <= 0:
+                    raise InvalidToken(reason="expired")
+        except InvalidToken as exc:
+            self._verdicts.refuse(digest, exc.reason, generation)
+            raise
+        grant = _grant(info)
+        self._verdicts.allow(digest, grant, generation, lifetime=lifetime)
+        return grant
+
+
+def _grant(info: TokenInfo) -> Grant:
+    principal = Principal(
+        identity=info.subject or info.client_id or "",
+        kind="bearer",
+        name=info.client_id or info.subject or "",
+        scopes=info.scopes,
+        client_id=info.client_id,
+        subject=info.subject,
+        claims=info.claims,
+    )
+    return principal, AuthCredentials(sorted(info.scopes))
