@@ -56,10 +56,13 @@ def test_public_api_is_pinned() -> None:
         "register_scheme",
     ]
     assert apiguard.tokens.__all__ == [
+        "ClientAuthMethod",
+        "CompositeIntrospector",
         "DEFAULT_ALGORITHMS",
         "DEFAULT_REQUIRED_CLAIMS",
         "DEFAULT_SCOPE_CLAIMS",
         "JWTIntrospector",
+        "RemoteIntrospector",
         "TokenInfo",
         "TokenIntrospector",
         "TokenVerifier",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from apiguard.tokens.composite import CompositeIntrospector
 from apiguard.tokens.discovery import discover, metadata_urls
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo, scopes_from_claims
+from apiguard.tokens.introspection import ClientAuthMethod, RemoteIntrospector
 from apiguard.tokens.jwks import (
     DEFAULT_ALGORITHMS,
     DEFAULT_REQUIRED_CLAIMS,
@@ -17,7 +19,10 @@ __all__ = [
     "DEFAULT_ALGORITHMS",
     "DEFAULT_REQUIRED_CLAIMS",
     "DEFAULT_SCOPE_CLAIMS",
+    "ClientAuthMethod",
+    "CompositeIntrospector",
     "JWTIntrospector",
+    "RemoteIntrospector",
     "TokenInfo",
     "TokenIntrospector",
     "TokenVerifier",

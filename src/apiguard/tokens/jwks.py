@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_REQUIRED_CLAIMS",
     "JWTIntrospector",
     "TrustedIssuer",
+    "looks_like_jwt",
 ]
 
 logger = logging.getLogger("apiguard.tokens")
@@ -55,6 +56,17 @@ _BY_CURVE = {
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _AT_JWT = frozenset({"at+jwt", "application/at+jwt"})
 _OTHER_JWT = frozenset({"jwt", "application/jwt"})
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Whether `token` has the shape of a compact JWS (it may still be invalid)."""
+    return (
+        len(token) <= MAX_TOKEN_SIZE
+        and _COMPACT_JWS.fullmatch(token) is not None
+        and (
+            token.startswith("eyJ")  # base64url of '{"': a JSON header
+        )
+    )
 
 
 def _key_allows(jwk: Mapping[str, Any], alg: str) -> bool:

@@ -1,0 +1,198 @@
+"""`RemoteIntrospector`: ask the authorization server about a token (RFC 7662).
+
+The introspection call is authenticated with this API's own client credentials.
+The server's answer is trusted only so far: an active token is still checked here
+for `exp`, `aud`, `iss` and `token_type`, and scopes are read from its answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any, Literal
+from urllib.parse import quote_plus
+
+import anyio
+import httpx
+
+from apiguard._cache import SingleFlight
+from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
+from apiguard.keys.record import utcnow
+from apiguard.tokens._http import check_url, read_json
+from apiguard.tokens.discovery import discover
+from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo
+
+__all__ = ["ClientAuthMethod", "RemoteIntrospector"]
+
+logger = logging.getLogger("apiguard.tokens")
+
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+_BEARER_TYPES = frozenset({"bearer", "access_token"})
+_INACTIVE = TokenInfo(active=False)
+
+
+def _form_encode(value: str) -> str:
+    # RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
+    return quote_plus(value, safe="")
+
+
+class RemoteIntrospector:
+    """Validates tokens by asking the authorization server's introspection endpoint.
+
+    Args:
+        endpoint: The introspection endpoint URL. `from_issuer()` discovers it.
+        client_id: This API's client id at the authorization server.
+        client_secret: Its secret.
+        audience: The audience(s) this API accepts; an active token's `aud` must
+            contain one of them.
+        issuer: When set, an answer's `iss` (if any) must equal it.
+        auth_method: `client_secret_basic` (default) or `client_secret_post`.
+        token_type_hint: Sent as `token_type_hint`; `None` to leave it out.
+        scope_claims: Members of the answer scopes are read from.
+        http_client: The `httpx.AsyncClient` to use; one is made (and closed by
+            `aclose()`) if none is given.
+        timeout: Seconds for each introspection call.
+        retries: Extra attempts after a connection error, a timeout or a 5xx.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        *,
+        client_id: str,
+        client_secret: str,
+        audience: str | Collection[str],
+        issuer: str | None = None,
+        auth_method: ClientAuthMethod = "client_secret_basic",
+        token_type_hint: str | None = "access_token",  # noqa: S107 - a type name, not a secret
+        scope_claims: Collection[str] = DEFAULT_SCOPE_CLAIMS,
+        http_client: httpx.AsyncClient | None = None,
+        timeout: float = 5.0,
+        retries: int = 1,
+    ) -> None:
+        if endpoint is not None:
+            check_url(endpoint, "introspection endpoint")
+        if issuer is None and endpoint is None:
+            raise ConfigurationError(
+                "an introspection endpoint or an issuer to discover it from is required"
+            )
+        if auth_method not in ("client_secret_basic", "client_secret_post"):
+            raise ConfigurationError(f"unsupported client authentication method {auth_method!r}")
+        self._audiences = frozenset((audience,) if isinstance(audience, str) else audience)
+        if not self._audiences:
+            raise ConfigurationError("an expected audience is required")
+        if not client_id or not client_secret:
+            raise ConfigurationError("client_id and client_secret are required")
+        if retries < 0:
+            raise ConfigurationError("retries cannot be negative")
+        self._endpoint = endpoint
+        self._issuer = issuer
+        self._client_id = client_id
+        self._auth_method = auth_method
+        self._hint = token_type_hint
+        self._scope_claims = tuple(scope_claims)
+        self._retries = retries
+        self._timeout = httpx.Timeout(timeout)
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(timeout=self._timeout)
+        self._discovery: SingleFlight[str, str] = SingleFlight()
+        if auth_method == "client_secret_basic":
+            pair = f"{_form_encode(client_id)}:{_form_encode(client_secret)}".encode()
+            self._headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+            self._credentials: dict[str, str] = {}
+        else:
+            self._headers = {}
+            self._credentials = {"client_id": client_id, "client_secret": client_secret}
+        self._headers["Accept"] = "application/json"
+        self.calls = 0
+
+    @classmethod
+    def from_issuer(cls, issuer: str, **options: Any) -> RemoteIntrospector:
+        """Find the introspection endpoint in the issuer's metadata (RFC 8414), lazily."""
+        check_url(issuer, "issuer")
+        return cls(None, issuer=issuer, **options)
+
+    def __repr__(self) -> str:
+        return f"RemoteIntrospector(endpoint={self._endpoint!r}, client_id={self._client_id!r})"
+
+    async def introspect(self, token: str) -> TokenInfo:
+        """Ask about `token`; `TokenInfo(active=False)` for inactive or unacceptable tokens.
+
+        Raises:
+            BackendUnavailableError: The endpoint could not be reached, refused this
+                API's credentials, or answered with something other than RFC 7662 JSON.
+        """
+        endpoint = self._endpoint or await self._discovery.run("endpoint", self._discover)
+        form = {"token": token, **self._credentials}
+        if self._hint is not None:
+            form["token_type_hint"] = self._hint
+        answer = await self._post(endpoint, form)
+        return self._check(answer)
+
+    async def _discover(self) -> str:
+        if self._issuer is None:  # __init__ requires an endpoint or an issuer
+            raise ConfigurationError("no introspection endpoint and no issuer to discover it from")
+        metadata = await discover(self._client, self._issuer)
+        endpoint = metadata.get("introspection_endpoint")
+        if not isinstance(endpoint, str):
+            raise BackendUnavailableError(
+                "authorization server metadata has no introspection_endpoint"
+            )
+        try:
+            self._endpoint = check_url(endpoint, "introspection endpoint")
+        except ConfigurationError as exc:
+            raise BackendUnavailableError(str(exc)) from exc
+        return self._endpoint
+
+    async def _post(self, endpoint: str, form: dict[str, str]) -> Mapping[str, Any]:
+        for attempt in range(self._retries + 1):
+            self.calls += 1
+            try:
+                async with self._client.stream(
+                    "POST", endpoint, data=form, headers=self._headers, timeout=self._timeout
+                ) as response:
+                    status = response.status_code
+                    if status == 200:
+                        return await read_json(response, "introspection")
+                    if status < 500:
+                        # RFC 7662 §2.3: our own credentials were refused. That is a
+                        # misconfiguration, never the caller's invalid token.
+                        logger.error(
+                            "introspection endpoint %s refused this API's request (HTTP %d): "
+                            "check client_id, client_secret and auth_method",
+                            endpoint,
+                            status,
+                        )
+                        raise BackendUnavailableError(f"introspection refused: HTTP {status}")
+                    error = f"introspection: HTTP {status}"
+            except httpx.HTTPError as exc:
+                error = f"introspection: {type(exc).__name__}"
+            if attempt < self._retries:
+                await anyio.sleep(0.05 * 2**attempt)
+        raise BackendUnavailableError(error)
+
+    def _check(self, answer: Mapping[str, Any]) -> TokenInfo:
+        active = answer.get("active")
+        if not isinstance(active, bool):
+            # RFC 7662 §2.2: "active" is REQUIRED and boolean.
+            raise BackendUnavailableError("introspection answer without a boolean 'active'")
+        if not active:
+            return _INACTIVE
+        info = TokenInfo.from_claims(answer, scope_claims=self._scope_claims)
+        token_type = answer.get("token_type")
+        if token_type is not None and str(token_type).lower() not in _BEARER_TYPES:
+            # A DPoP-bound or refresh token is not a bearer access token (RFC 9449 §6.2).
+            raise InvalidToken(reason="wrong token_type")
+        if info.expires_at is not None and info.expires_at <= utcnow():
+            raise InvalidToken(reason="expired")
+        if not self._audiences.intersection(info.audience):
+            raise InvalidToken(reason="wrong audience")
+        if self._issuer is not None and info.issuer is not None and info.issuer != self._issuer:
+            raise InvalidToken(reason="wrong issuer")
+        return info
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if the introspector made it."""
+        if self._owns_client:
+            await self._client.aclose()

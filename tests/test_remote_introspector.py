@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote_plus
+
+import httpx
+import pytest
+
+from apiguard import BackendUnavailableError, ConfigurationError, InvalidToken
+from apiguard.tokens import CompositeIntrospector, JWTIntrospector, RemoteIntrospector, TokenInfo
+
+from .token_support import AUDIENCE, ISSUER, FakeIssuer, mint
+
+pytestmark = pytest.mark.anyio
+
+ENDPOINT = "https://idp.example/introspect"
+CLIENT_ID = "api server:1"  # reserved characters on purpose
+CLIENT_SECRET = "p@ss:w/rd+&=%"
+
+
+class Endpoint:
+    """An RFC 7662 endpoint: records requests, answers from a callable."""
+
+    def __init__(self, answer: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.answer(request)
+
+    def form(self, index: int = -1) -> dict[str, list[str]]:
+        return parse_qs(self.requests[index].content.decode())
+
+
+def json_answer(**members: Any) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(200, json=members)
+
+
+def active_answer(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "active": True,
+        "client_id": "svc",
+        "sub": "svc",
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "scope": "items:read",
+        "exp": now + 300,
+        "iat": now,
+        "token_type": "Bearer",
+    }
+    return {k: v for k, v in (base | overrides).items() if v is not None}
+
+
+def introspector(endpoint: Endpoint, **options: Any) -> RemoteIntrospector:
+    settings: dict[str, Any] = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "audience": AUDIENCE,
+        "issuer": ISSUER,
+        "http_client": httpx.AsyncClient(transport=httpx.MockTransport(endpoint)),
+    } | options
+    return RemoteIntrospector(ENDPOINT, **settings)
+
+
+async def test_active_token() -> None:
+    endpoint = Endpoint(json_answer(**active_answer()))
+    info = await introspector(endpoint).introspect("opaque-token")
+    assert info.active
+    assert (info.client_id, info.subject) == ("svc", "svc")
+    assert info.scopes == {"items:read"}
+    request = endpoint.requests[0]
+    assert request.method == "POST"  # RFC 7662 §2.1
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert endpoint.form() == {"token": ["opaque-token"], "token_type_hint": ["access_token"]}
+
+
+async def test_client_secret_basic_form_encodes_before_base64() -> None:
+    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined and Basic-encoded."""
+    endpoint = Endpoint(json_answer(**active_answer()))
+    await introspector(endpoint).introspect("t")
+    scheme, encoded = endpoint.requests[0].headers["authorization"].split(" ")
+    user, password = base64.b64decode(encoded).decode().split(":")
+    assert scheme == "Basic"
+    assert "%3A" in user  # the ':' inside the id is encoded, so the split is unambiguous
+    assert (unquote_plus(user), unquote_plus(password)) == (CLIENT_ID, CLIENT_SECRET)
+
+
+async def test_client_secret_post() -> None:
+    endpoint = Endpoint(json_answer(**active_answer()))
+    await introspector(endpoint, auth_method="client_secret_post", token_type_hint=None).introspect(
+        "t"
+    )
+    assert "authorization" not in endpoint.requests[0].headers
+    assert endpoint.form() == {
+        "token": ["t"],
+        "client_id": [CLIENT_ID],
+        "client_secret": [CLIENT_SECRET],
+    }
+
+
+async def test_inactive_token() -> None:
+    """RFC 7662 §2.2: active false is an answer, not an error."""
+    info = await introspector(Endpoint(json_answer(active=False))).introspect("t")
+    assert info == TokenInfo(active=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"aud": "https://other.example"}, "wrong audience"),
+        ({"aud": None}, "wrong audience"),
+        ({"aud": ["https://x.example", "https://y.example"]}, "wrong audience"),
+        ({"exp": 1}, "expired"),
+        ({"iss": "https://evil.example"}, "wrong issuer"),
+        ({"token_type": "DPoP"}, "wrong token_type"),
+        ({"token_type": "refresh_token"}, "wrong token_type"),
+    ],
+)
+async def test_active_answers_are_still_checked(overrides: dict[str, Any], reason: str) -> None:
+    """An active answer is checked locally for aud, exp, iss and token_type."""
+    with pytest.raises(InvalidToken) as info:
+        await introspector(Endpoint(json_answer(**active_answer(**overrides)))).introspect("t")
+    assert info.value.reason == reason
+
+
+async def test_audience_in_a_list_and_lower_case_token_type() -> None:
+    answer = active_answer(aud=["https://x.example", AUDIENCE], token_type="bearer")
+    assert (await introspector(Endpoint(json_answer(**answer))).introspect("t")).active
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+async def test_endpoint_refusing_our_credentials_is_503_and_loud(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 7662 §2.3: a refusal of the API's own credentials is a misconfiguration, not a 401."""
+    endpoint = Endpoint(lambda request: httpx.Response(status, json={"error": "invalid_client"}))
+    with pytest.raises(BackendUnavailableError):
+        await introspector(endpoint).introspect("t")
+    assert len(endpoint.requests) == 1  # not retried
+    assert "refused this API's request" in caplog.text
+    assert CLIENT_SECRET not in caplog.text
+
+
+def _raise(error: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise error("boom", request=request)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(lambda request: httpx.Response(503), id="5xx"),
+        pytest.param(_raise(httpx.ConnectError), id="connect-error"),
+        pytest.param(_raise(httpx.ReadTimeout), id="timeout"),
+    ],
+)
+async def test_outages_are_retried_then_503(
+    answer: Callable[[httpx.Request], httpx.Response],
+) -> None:
+    endpoint = Endpoint(answer)
+    with pytest.raises(BackendUnavailableError):
+        await introspector(endpoint, retries=2).introspect("t")
+    assert len(endpoint.requests) == 3
+
+
+async def test_a_retry_can_succeed() -> None:
+    answers = iter([httpx.Response(502), httpx.Response(200, json=active_answer())])
+    endpoint = Endpoint(lambda request: next(answers))
+    assert (await introspector(endpoint).introspect("t")).active
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(200, content=b"<html>"),
+        httpx.Response(200, json=["active"]),
+        httpx.Response(200, json={"active": "true"}),
+        httpx.Response(200, json={"scope": "a"}),
+        httpx.Response(200, content=b"{" + b" " * (600 * 1024) + b"}"),
+    ],
+    ids=["not-json", "not-object", "active-not-boolean", "no-active", "huge"],
+)
+async def test_garbage_answers_are_503(response: httpx.Response) -> None:
+    with pytest.raises(BackendUnavailableError):
+        await introspector(Endpoint(lambda request: response)).introspect("t")
+
+
+async def test_endpoint_from_discovery() -> None:
+    idp = FakeIssuer()
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/introspect":
+            return httpx.Response(200, json=active_answer())
+        return idp.handler(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(route)) as client:
+        remote = RemoteIntrospector.from_issuer(
+            ISSUER, client_id="a", client_secret="b", audience=AUDIENCE, http_client=client
+        )
+        assert (await remote.introspect("t")).active
+        assert (await remote.introspect("t")).active
+    assert idp.requests == ["/.well-known/oauth-authorization-server"]  # discovered once
+
+
+async def test_metadata_without_introspection_endpoint() -> None:
+    idp = FakeIssuer()
+    idp.metadata = lambda: {"issuer": ISSUER}  # type: ignore[method-assign]
+    async with idp.client() as client:
+        remote = RemoteIntrospector.from_issuer(
+            ISSUER, client_id="a", client_secret="b", audience=AUDIENCE, http_client=client
+        )
+        with pytest.raises(BackendUnavailableError, match="no introspection_endpoint"):
+            await remote.introspect("t")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"audience": []},
+        {"client_secret": ""},
+        {"auth_method": "private_key_jwt"},
+        {"retries": -1},
+    ],
+)
+def test_bad_configuration(options: dict[str, Any]) -> None:
+    settings: dict[str, Any] = {
+        "client_id": "a",
+        "client_secret": "b",
+        "audience": AUDIENCE,
+    } | options
+    with pytest.raises(ConfigurationError):
+        RemoteIntrospector(ENDPOINT, **settings)
+    with pytest.raises(ConfigurationError):
+        RemoteIntrospector(None, client_id="a", client_secret="b", audience=AUDIENCE)
+    with pytest.raises(ConfigurationError):
+        RemoteIntrospector(
+            "http://idp.example/introspect", client_id="a", client_secret="b", audience=AUDIENCE
+        )
+
+
+async def test_secret_not_in_repr_and_owned_client_closed() -> None:
+    remote = RemoteIntrospector(ENDPOINT, client_id="a", client_secret="s3cret", audience=AUDIENCE)
+    assert "s3cret" not in repr(remote)
+    await remote.aclose()
+    assert remote._client.is_closed
+
+
+# --- JWT and opaque tokens on one API ------------------------------------------
+
+
+async def test_composite_routes_by_shape() -> None:
+    idp = FakeIssuer()
+    endpoint = Endpoint(json_answer(**active_answer(client_id="opaque-client")))
+    async with idp.client() as client:
+        local = JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=client)
+        composite = CompositeIntrospector(jwt=local, remote=introspector(endpoint))
+        assert (await composite.introspect(mint())).client_id == "client-123"
+        assert (await composite.introspect("2YotnFZFEjr1zCsicMWpAA")).client_id == "opaque-client"
+        assert len(endpoint.requests) == 1
+        with pytest.raises(InvalidToken):
+            await composite.introspect(mint(aud="https://other.example"))  # never sent remotely
+        assert len(endpoint.requests) == 1
+
+
+async def test_composite_can_introspect_jwts_for_revocation() -> None:
+    idp = FakeIssuer()
+    endpoint = Endpoint(json_answer(active=False))  # revoked at the server
+    async with idp.client() as client:
+        local = JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=client)
+        composite = CompositeIntrospector(
+            jwt=local, remote=introspector(endpoint), introspect_jwts=True
+        )
+        assert not (await composite.introspect(mint())).active
+        endpoint.answer = json_answer(**active_answer())
+        assert (await composite.introspect(mint())).client_id == "client-123"  # local claims
+        await composite.aclose()
