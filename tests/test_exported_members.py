@@ -56,11 +56,11 @@ def test_public_api_is_pinned() -> None:
         "register_scheme",
     ]
     assert apiguard.tokens.__all__ == [
-        "ClientAuthMethod",
-        "CompositeIntrospector",
         "DEFAULT_ALGORITHMS",
         "DEFAULT_REQUIRED_CLAIMS",
         "DEFAULT_SCOPE_CLAIMS",
+        "ClientAuthMethod",
+        "CompositeIntrospector",
         "JWTIntrospector",
         "RemoteIntrospector",
         "TokenInfo",
