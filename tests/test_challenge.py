@@ -13,7 +13,7 @@ from apiguard import (
     Principal,
 )
 from apiguard._challenge import ErrorResponder, build_challenge
-from apiguard.keys.manager import validate_scopes
+from apiguard.policies import validate_scopes
 from apiguard.types import Scope
 
 pytestmark = pytest.mark.anyio

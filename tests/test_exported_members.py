@@ -31,7 +31,10 @@ def test_public_api_is_pinned() -> None:
         "KeyStateError",
         "KeyStore",
         "MissingCredentials",
+        "Policy",
         "Principal",
+        "ScopeRule",
+        "ScopeRules",
         "TokenIntrospector",
         "__version__",
     ]

@@ -20,6 +20,7 @@ from apiguard.exceptions import (
 )
 from apiguard.keys.record import KeyRecord
 from apiguard.middleware import APIKeyMiddleware, BearerTokenMiddleware
+from apiguard.policies import Policy, ScopeRule, ScopeRules
 from apiguard.principal import ANONYMOUS, CredentialKind, Principal
 from apiguard.types import KeyStore, TokenIntrospector
 
@@ -47,7 +48,10 @@ __all__ = [
     "KeyStateError",
     "KeyStore",
     "MissingCredentials",
+    "Policy",
     "Principal",
+    "ScopeRule",
+    "ScopeRules",
     "TokenIntrospector",
     "__version__",
 ]

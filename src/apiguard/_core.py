@@ -23,6 +23,7 @@ from apiguard.exceptions import (
     InvalidRequest,
     MissingCredentials,
 )
+from apiguard.policies import Policy
 from apiguard.principal import ANONYMOUS, Grant
 from apiguard.types import ASGIApp, Receive, Scope, Send
 
@@ -73,6 +74,7 @@ class GuardOptions(TypedDict, total=False):
     problem_details: bool
     retry_after: int
     error_response: ErrorResponseHook | None
+    policies: Sequence[Policy]
 
 
 class AuthMiddleware:
@@ -101,6 +103,10 @@ class AuthMiddleware:
         retry_after: Seconds in the `Retry-After` header of a 503.
         error_response: `hook(connection, error) -> Response` (sync or async) to build
             refusals yourself; challenge and `Retry-After` headers are added if missing.
+        policies: Checks run after authentication, in order, before the app: e.g.
+            `ScopeRules([...])` for scopes by path and method. A policy's refusal
+            (403 `insufficient_scope`, ...) is sent with the challenge of the
+            credential that was used.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class AuthMiddleware:
         problem_details: bool = False,
         retry_after: int = 5,
         error_response: ErrorResponseHook | None = None,
+        policies: Sequence[Policy] = (),
     ) -> None:
         if not authenticators:
             raise ConfigurationError("at least one authenticator is required")
@@ -136,6 +143,7 @@ class AuthMiddleware:
         self._allow_preflight = allow_preflight
         self._optional = optional
         self._hide = hide_credentials
+        self._policies = tuple(policies)
         self._responder = ErrorResponder(
             schemes=[(a.scheme, a.challenge_params) for a in self._authenticators],
             realm=realm,
@@ -173,6 +181,8 @@ class AuthMiddleware:
                 grant = _ANONYMOUS_GRANT
             else:
                 grant = await authenticator.authenticate(credential)
+            for policy in self._policies:
+                await policy.check(grant[0], scope)
         except ApiGuardError as exc:
             await self._refuse(exc, authenticator or attempted, scope, receive, send)
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,24 +12,12 @@ from apiguard.exceptions import ConfigurationError, KeyNotFoundError, KeyStateEr
 from apiguard.keys.format import DEFAULT_PREFIX, generate_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.policies import validate_scopes
 from apiguard.types import KeyStore
 
-__all__ = ["IssuedKey", "KeyManager", "validate_scopes"]
+__all__ = ["IssuedKey", "KeyManager"]
 
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 MAX_NAME_LENGTH = 255
-
-
-def validate_scopes(scopes: Iterable[str]) -> frozenset[str]:
-    """Return the scopes as a set, refusing any that is not an RFC 6749 §3.3 scope-token."""
-    result = frozenset(scopes)
-    for scope in result:
-        if not _SCOPE_TOKEN.fullmatch(scope):
-            raise ConfigurationError(
-                f"invalid scope {scope!r}: use printable ASCII, no spaces, quotes or backslashes"
-            )
-    return result
 
 
 @dataclass(frozen=True, slots=True)

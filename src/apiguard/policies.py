@@ -1,0 +1,124 @@
+"""Checks that run after authentication: what an authenticated caller may do.
+
+A `Policy` sees the principal and the request and may refuse it (403 for a missing
+scope; later, 429 for a rate limit). `ScopeRules` requires scopes by path and method,
+for apps without per-route dependencies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from apiguard.exceptions import ConfigurationError, InsufficientScope, MissingCredentials
+from apiguard.principal import Principal
+from apiguard.types import Scope
+
+__all__ = [
+    "Policy",
+    "ScopeRule",
+    "ScopeRules",
+    "check_scopes",
+    "parse_requirement",
+    "validate_scopes",
+]
+
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def validate_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """Return the scopes as a set, refusing any that is not an RFC 6749 §3.3 scope-token."""
+    result = frozenset(scopes)
+    for scope in result:
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise ConfigurationError(
+                f"invalid scope {scope!r}: use printable ASCII, no spaces, quotes or backslashes"
+            )
+    return result
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A check on an authenticated request, run by the middleware before the app."""
+
+    async def check(self, principal: Principal, scope: Scope) -> None:
+        """Return to allow; raise an `AuthError` (e.g. `InsufficientScope`) to refuse."""
+
+
+def parse_requirement(text: str) -> tuple[frozenset[str], ...]:
+    """`"a b | c"` -> `({"a", "b"}, {"c"})`: all scopes of any one alternative suffice."""
+    alternatives = tuple(validate_scopes(part.split()) for part in text.split("|"))
+    if not all(alternatives):
+        raise ConfigurationError(f"empty alternative in scope requirement {text!r}")
+    return alternatives
+
+
+def check_scopes(principal: Principal, alternatives: Sequence[frozenset[str]]) -> None:
+    """Refuse unless the principal holds every scope of at least one alternative.
+
+    Raises:
+        MissingCredentials: The principal is anonymous (a credential is needed first).
+        InsufficientScope: It is authenticated but lacks the scopes; the refusal
+            lists every scope of the first alternative, in one challenge.
+    """
+    if any(required <= principal.scopes for required in alternatives):
+        return
+    if not principal.is_authenticated:
+        raise MissingCredentials
+    raise InsufficientScope(alternatives[0], reason="missing scope")
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRule:
+    """Scopes required on a path, optionally for some methods only.
+
+    Attributes:
+        path: An exact path, or a prefix ending in `*` (`"/items/*"`), matched without
+            the app's root path.
+        scopes: The scopes required: `"items:write"`, all of several
+            (`"items:read items:write"`), or alternatives (`"items:write | admin"`).
+        methods: The methods the rule applies to; all methods if empty.
+    """
+
+    path: str
+    scopes: str
+    methods: Collection[str] = ()
+    _alternatives: tuple[frozenset[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ConfigurationError(f"rule paths start with '/': {self.path!r}")
+        object.__setattr__(self, "_alternatives", parse_requirement(self.scopes))
+        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+
+    def matches(self, path: str, method: str | None) -> bool:
+        if self.methods and method not in self.methods:
+            return False
+        if self.path.endswith("*"):
+            return path.startswith(self.path[:-1])
+        return path == self.path
+
+
+class ScopeRules:
+    """A `Policy` from `ScopeRule`s: the first rule matching the request applies.
+
+    Requests no rule matches need no particular scope.
+    """
+
+    def __init__(self, rules: Sequence[ScopeRule]) -> None:
+        self._rules = tuple(rules)
+
+    async def check(self, principal: Principal, scope: Scope) -> None:
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :] or "/"
+        method = scope.get("method")
+        for rule in self._rules:
+            if rule.matches(path, method):
+                check_scopes(principal, rule._alternatives)
+                return

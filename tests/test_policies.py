@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from apiguard import (
+    APIKeyMiddleware,
+    BearerTokenMiddleware,
+    ConfigurationError,
+    InsufficientScope,
+    Principal,
+    ScopeRule,
+    ScopeRules,
+)
+from apiguard.fastapi import require_scopes
+from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
+from apiguard.policies import parse_requirement
+from apiguard.tokens import TokenInfo
+from apiguard.types import Scope
+
+from .conftest import MakeClient
+
+pytestmark = pytest.mark.anyio
+
+
+class TableIntrospector:
+    """A token is its scopes, base64url-encoded and space-separated."""
+
+    async def introspect(self, token: str) -> TokenInfo:
+        scopes = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().split()
+        return TokenInfo(
+            active=True,
+            client_id="svc",
+            subject="svc",
+            scopes=frozenset(scopes),
+            expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+def bearer(scopes: str) -> dict[str, str]:
+    token = base64.urlsafe_b64encode(f"x {scopes.replace(',', ' ')}".encode()).decode()
+    return {"Authorization": f"Bearer {token.rstrip('=')}"}
+
+
+async def ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+RULES = ScopeRules(
+    [
+        ScopeRule("/items/*", "items:write", methods=["POST", "delete"]),
+        ScopeRule("/items/*", "items:read"),
+        ScopeRule("/admin", "admin | ops audit"),
+    ]
+)
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> AsyncIterator[httpx.AsyncClient]:
+    app = Starlette(
+        routes=[
+            Route("/items/{id}", ok, methods=["GET", "POST", "DELETE"]),
+            Route("/admin", ok),
+            Route("/", ok),
+        ]
+    )
+    guarded = BearerTokenMiddleware(app, introspector=TableIntrospector(), policies=[RULES])
+    async with make_client(guarded) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scopes", "status"),
+    [
+        ("GET", "/items/1", "items:read", 200),
+        ("GET", "/items/1", "items:write", 403),
+        ("POST", "/items/1", "items:write", 200),
+        ("POST", "/items/1", "items:read", 403),
+        ("DELETE", "/items/1", "items:write", 200),
+        ("GET", "/admin", "admin", 200),
+        ("GET", "/admin", "ops audit", 200),  # all of the second alternative
+        ("GET", "/admin", "ops", 403),
+        ("GET", "/", "", 200),  # no rule: any valid token
+    ],
+)
+async def test_scope_rules(
+    client: httpx.AsyncClient, method: str, path: str, scopes: str, status: int
+) -> None:
+    response = await client.request(method, path, headers=bearer(scopes.replace(" ", ",")))
+    assert response.status_code == status
+
+
+async def test_insufficient_scope_challenge(client: httpx.AsyncClient) -> None:
+    """RFC 6750 §3.1: 403 insufficient_scope with the needed scope in the challenge."""
+    response = await client.get("/admin", headers=bearer("ops"))
+    assert response.status_code == 403
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="api", scope="admin", error="insufficient_scope", '
+        'error_description="The request requires more privileges than the credentials grant."'
+    )
+    assert response.json()["error"] == "insufficient_scope"
+
+
+async def test_rules_apply_to_api_keys_with_their_challenge(
+    make_client: MakeClient, hasher: KeyHasher
+) -> None:
+    store = MemoryKeyStore()
+    key = (await KeyManager(store, hasher).create("reader", scopes=["items:read"])).key
+    app = Starlette(routes=[Route("/items/{id}", ok, methods=["GET", "POST"])])
+    guarded = APIKeyMiddleware(app, store=store, hasher=hasher, policies=[RULES])
+    async with make_client(guarded) as client:
+        assert (await client.get("/items/1", headers={"X-API-Key": key})).status_code == 200
+        refused = await client.post("/items/1", headers={"X-API-Key": key})
+    assert refused.status_code == 403
+    assert refused.headers["www-authenticate"].startswith(
+        'ApiKey realm="api", scope="items:write", error="insufficient_scope"'
+    )
+
+
+async def test_anonymous_callers_get_401_from_rules(make_client: MakeClient) -> None:
+    app = Starlette(routes=[Route("/items/{id}", ok), Route("/", ok)])
+    guarded = BearerTokenMiddleware(
+        app, introspector=TableIntrospector(), optional=True, policies=[RULES]
+    )
+    async with make_client(guarded) as client:
+        assert (await client.get("/")).status_code == 200
+        denied = await client.get("/items/1")
+    assert denied.status_code == 401
+    assert denied.headers["www-authenticate"] == 'Bearer realm="api"'
+
+
+def test_parse_requirement() -> None:
+    assert parse_requirement("a b | c") == (frozenset({"a", "b"}), frozenset({"c"}))
+    for bad in ("", "a |", "| b", 'a"b'):
+        with pytest.raises(ConfigurationError):
+            parse_requirement(bad)
+    with pytest.raises(ConfigurationError):
+        ScopeRule("items", "a")
+
+
+async def test_a_custom_policy_sees_the_principal(make_client: MakeClient) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class OnlyServiceClients:
+        async def check(self, principal: Principal, scope: Scope) -> None:
+            seen.append((principal.identity, scope["path"]))
+            if principal.client_id != "svc":
+                raise InsufficientScope(["svc"])
+
+    app = Starlette(routes=[Route("/", ok)])
+    guarded = BearerTokenMiddleware(
+        app, introspector=TableIntrospector(), policies=[OnlyServiceClients()]
+    )
+    async with make_client(guarded) as client:
+        assert (await client.get("/", headers=bearer("a"))).status_code == 200
+    assert seen == [("svc", "/")]
+
+
+# --- FastAPI ---------------------------------------------------------------------
+
+
+def fastapi_app(**options: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items", dependencies=[require_scopes("items:read")])
+    async def read() -> dict[str, str]:
+        return {"ok": "read"}
+
+    @app.post("/items")
+    async def write(
+        principal: Principal = require_scopes("items:read", "items:write"),  # noqa: B008
+    ) -> dict[str, str]:
+        return {"by": principal.client_id or ""}
+
+    @app.get("/admin", dependencies=[require_scopes("admin | ops")])
+    async def admin() -> dict[str, str]:
+        return {"ok": "admin"}
+
+    app.add_middleware(BearerTokenMiddleware, introspector=TableIntrospector(), **options)
+    return app
+
+
+async def test_require_scopes(make_client: MakeClient) -> None:
+    async with make_client(fastapi_app()) as client:
+        assert (await client.get("/items", headers=bearer("items:read"))).status_code == 200
+        written = await client.post("/items", headers=bearer("items:read,items:write"))
+        assert written.json() == {"by": "svc"}
+        assert (await client.get("/admin", headers=bearer("ops"))).status_code == 200
+        refused = await client.post("/items", headers=bearer("items:read"))
+    assert refused.status_code == 403
+    # All required scopes in one challenge (RFC 6750 §3), sorted.
+    assert refused.headers["www-authenticate"] == (
+        'Bearer realm="api", scope="items:read items:write", error="insufficient_scope", '
+        'error_description="The request requires more privileges than the credentials grant."'
+    )
+    assert refused.json()["detail"] == {
+        "error": "insufficient_scope",
+        "error_description": "The request requires more privileges than the credentials grant.",
+        "scope": "items:read items:write",
+    }
+
+
+async def test_require_scopes_for_anonymous_is_401(make_client: MakeClient) -> None:
+    async with make_client(fastapi_app(optional=True)) as client:
+        response = await client.get("/items")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+
+
+async def test_require_scopes_without_middleware_is_a_configuration_error(
+    make_client: MakeClient,
+) -> None:
+    app = FastAPI()
+
+    @app.get("/", dependencies=[require_scopes("a")])
+    async def root() -> None:
+        pass  # pragma: no cover - never reached
+
+    with pytest.raises(ConfigurationError):
+        async with make_client(app) as client:
+            await client.get("/")
+    with pytest.raises(ConfigurationError):
+        require_scopes()
