@@ -1,0 +1,116 @@
+"""A real authorization server (panva/oidc-provider, Node.js) started on loopback.
+
+`scripts/install` installs it from the committed lockfile (`npm ci`). When Node.js
+or the package is missing these tests fail rather than skip: a skipped interop
+suite would pass CI without proving anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+SERVER_DIR = Path(__file__).parent / "oidc"
+API = "https://api.example"
+INTROSPECTION_CLIENT = ("api:server", "p@ss:w/rd+&= ~%")
+
+
+def private_jwk(key: Any, kid: str, alg: str) -> dict[str, Any]:
+    algorithm = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
+    return {**json.loads(algorithm.to_jwk(key)), "kid": kid, "alg": alg, "use": "sig"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class AuthorizationServer:
+    """Start, stop and restart oidc-provider; obtain and revoke tokens from it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self._jwks_path = workdir / "jwks.json"
+        self._process: subprocess.Popen[str] | None = None
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+
+    def start(self, rsa_kid: str = "rsa-1") -> None:
+        keys = [private_jwk(self.rsa, rsa_kid, "RS256"), private_jwk(self.ec, "ec-1", "ES256")]
+        self._jwks_path.write_text(json.dumps({"keys": keys}))
+        node = shutil.which("node")
+        if node is None or not (SERVER_DIR / "node_modules" / "oidc-provider").is_dir():
+            pytest.fail("Node.js and oidc-provider are needed: run scripts/install (npm ci)")
+        env = {**os.environ, "PORT": str(self.port), "JWKS_PATH": str(self._jwks_path)}
+        self._process = subprocess.Popen(  # noqa: S603
+            [node, "server.mjs"],
+            cwd=SERVER_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in self._process.stdout:
+            if line.startswith("ready "):
+                return
+            if time.monotonic() > deadline:  # pragma: no cover - diagnostics
+                break
+        self.stop()  # pragma: no cover - diagnostics
+        pytest.fail("oidc-provider did not start")  # pragma: no cover
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
+
+    def restart_with_new_rsa_key(self, kid: str) -> None:
+        """Rotate the RSA signing key: the old one is dropped from the JWKS."""
+        self.stop()
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.start(rsa_kid=kid)
+
+    def token(self, resource: str, scope: str = "items:read items:write") -> str:
+        response = httpx.post(
+            f"{self.issuer}/token",
+            data={"grant_type": "client_credentials", "resource": resource, "scope": scope},
+            auth=("service", "service-secret"),
+        )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
+
+    def revoke(self, token: str) -> None:
+        response = httpx.post(
+            f"{self.issuer}/token/revocation",
+            data={"token": token},
+            auth=("service", "service-secret"),
+        )
+        response.raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def authorization_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorizationServer]:
+    server = AuthorizationServer(tmp_path_factory.mktemp("oidc"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,71 @@
+// A real OAuth 2.0 authorization server for apiguard's interop tests, on loopback.
+// client_credentials with resource indicators (RFC 8707): JWT access tokens
+// (RFC 9068; RS256 or ES256) and opaque ones; introspection (RFC 7662) and
+// revocation (RFC 7009). Signing keys come from $JWKS_PATH so that tests can
+// rotate them by restarting the server.
+import { readFileSync } from 'node:fs';
+import Provider, { errors } from 'oidc-provider';
+
+const port = Number(process.env.PORT);
+const issuer = `http://127.0.0.1:${port}`;
+const jwks = JSON.parse(readFileSync(process.env.JWKS_PATH, 'utf8'));
+const API = 'https://api.example';
+
+const resources = {
+  [`${API}/rs256`]: { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } },
+  [`${API}/es256`]: { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'ES256' } } },
+  [`${API}/opaque`]: { accessTokenFormat: 'opaque' },
+  [`${API}/short`]: { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } }, accessTokenTTL: 2 },
+};
+
+const provider = new Provider(issuer, {
+  jwks,
+  clients: [
+    {
+      client_id: 'service',
+      client_secret: 'service-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      // The API's own credentials for introspection, with characters that
+      // RFC 6749 §2.3.1 requires to be form-encoded.
+      client_id: 'api:server',
+      client_secret: 'p@ss:w/rd+&= ~%',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      client_id: 'api-post',
+      client_secret: 'post-secret',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_post',
+    },
+  ],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true, allowedPolicy: async () => true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async () => `${API}/rs256`,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (ctx, resourceIndicator) => {
+        const resource = resources[resourceIndicator];
+        if (!resource) throw new errors.InvalidTarget();
+        return { scope: 'items:read items:write', audience: resourceIndicator, accessTokenTTL: 300, ...resource };
+      },
+    },
+  },
+});
+
+provider.listen(port, '127.0.0.1').on('listening', () => {
+  console.log(`ready ${issuer}`);
+});
