@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,7 +60,8 @@ class TokenInfo:
         scope_claims: Collection[str] = DEFAULT_SCOPE_CLAIMS,
         token_type: str | None = None,
     ) -> TokenInfo:
-        """Build an active `TokenInfo` from verified claims."""
+        """Build an active `TokenInfo` from verified claims (copied, not kept)."""
+        claims = _shared(claims)
         aud = claims.get("aud")
         audience = (
             (aud,) if isinstance(aud, str) else tuple(a for a in aud or () if isinstance(a, str))
@@ -76,8 +78,29 @@ class TokenInfo:
             issued_at=_time(claims.get("iat")),
             token_type=token_type or _str(claims.get("token_type")),
             cnf=MappingProxyType(dict(cnf)) if isinstance(cnf, Mapping) else None,
-            claims=MappingProxyType(dict(claims)),
+            claims=MappingProxyType(claims),
         )
+
+
+# Claims whose values recur across the tokens of one client: interned, a cache of
+# thousands of tokens holds one copy of each (claims are only ever verified ones).
+_SHARED_CLAIMS = frozenset({"iss", "aud", "sub", "client_id", "azp", "scope", "scp", "token_type"})
+_MAX_INTERNED = 256
+
+
+def _intern(value: object) -> object:
+    if type(value) is str and len(value) <= _MAX_INTERNED:
+        return sys.intern(value)
+    return value
+
+
+def _shared(claims: Mapping[str, Any]) -> dict[str, Any]:
+    copy: dict[str, Any] = {}
+    for name, value in claims.items():
+        if name in _SHARED_CLAIMS:
+            value = [_intern(v) for v in value] if type(value) is list else _intern(value)
+        copy[sys.intern(name) if len(name) <= _MAX_INTERNED else name] = value
+    return copy
 
 
 def _str(value: object) -> str | None:
@@ -110,5 +133,5 @@ def scopes_from_claims(claims: Mapping[str, Any], scope_claims: Collection[str])
         elif isinstance(value, list):
             found.update(v for v in value if isinstance(v, str) and v and " " not in v)
         if len(found) > MAX_SCOPES:
-            break
-    return frozenset(sorted(found)[:MAX_SCOPES])
+            return frozenset(sorted(found)[:MAX_SCOPES])
+    return frozenset(found)

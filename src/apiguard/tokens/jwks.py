@@ -8,6 +8,9 @@ and the checks RFC 9068 §4 asks of a resource server.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import re
 import time
@@ -322,10 +325,7 @@ class JWTIntrospector:
         if not _COMPACT_JWS.fullmatch(token):
             # RFC 8725bis: anything but compact serialization (JWE, JSON) is refused.
             raise InvalidToken(reason="not a compact JWS")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
-            raise InvalidToken(reason="malformed header") from exc
+        header = _segment(token, 0, "malformed header")
         alg, typ, kid = header.get("alg"), header.get("typ"), header.get("kid")
         trusted, keys = self._issuer_of(token)
         if not isinstance(alg, str) or alg not in trusted.algorithms:
@@ -359,11 +359,8 @@ class JWTIntrospector:
     def _issuer_of(self, token: str) -> tuple[TrustedIssuer, _KeySet]:
         if self._only is not None:
             return self._issuers[self._only]
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.InvalidTokenError as exc:
-            raise InvalidToken(reason="malformed payload") from exc
-        entry = self._issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
+        issuer = _segment(token, 1, "malformed payload").get("iss")
+        entry = self._issuers.get(issuer) if isinstance(issuer, str) else None
         if entry is None:
             raise InvalidToken(reason="untrusted issuer")
         return entry
@@ -382,6 +379,22 @@ class JWTIntrospector:
         """Close the HTTP client if the introspector made it."""
         if self._owns_client:
             await self._client.aclose()
+
+
+def _segment(token: str, index: int, reason: str) -> dict[str, Any]:
+    """One JSON segment of a token whose alphabet `_COMPACT_JWS` has already checked.
+
+    Decoding it here rather than with PyJWT's helpers spares a second character-by-
+    character validation of the whole token on every first sight.
+    """
+    part = token.split(".", 2)[index]
+    try:
+        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode())
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidToken(reason=reason) from exc
+    if not isinstance(value, dict):
+        raise InvalidToken(reason=reason)
+    return value
 
 
 def _reason(exc: jwt.InvalidTokenError) -> str:
