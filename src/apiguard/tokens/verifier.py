@@ -22,6 +22,8 @@ from apiguard.types import TokenIntrospector
 
 __all__ = ["TokenVerifier"]
 
+MAX_SCOPE_SETS = 1024
+
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 
@@ -48,6 +50,9 @@ class TokenVerifier:
         self.introspector = introspector
         self._verdicts: VerdictCache[bytes, Grant] = VerdictCache(cache or CacheOptions(), clock)
         self._clock = clock
+        # Tokens of one client grant the same scopes: one set and one AuthCredentials
+        # for all of them, so that a cached token costs less than a kilobyte.
+        self._scope_sets: dict[frozenset[str], tuple[frozenset[str], AuthCredentials]] = {}
 
     async def verify(self, raw: bytes) -> Grant:
         """Return the principal and credentials for a presented token.
@@ -87,19 +92,24 @@ class TokenVerifier:
         except InvalidToken as exc:
             self._verdicts.refuse(digest, exc.reason, generation)
             raise
-        grant = _grant(info)
+        grant = self._grant(info)
         self._verdicts.allow(digest, grant, generation, lifetime=lifetime)
         return grant
 
-
-def _grant(info: TokenInfo) -> Grant:
-    principal = Principal(
-        identity=info.subject or info.client_id or "",
-        kind="bearer",
-        name=info.client_id or info.subject or "",
-        scopes=info.scopes,
-        client_id=info.client_id,
-        subject=info.subject,
-        claims=info.claims,
-    )
-    return principal, AuthCredentials(sorted(info.scopes))
+    def _grant(self, info: TokenInfo) -> Grant:
+        shared = self._scope_sets.get(info.scopes)
+        if shared is None:
+            shared = (info.scopes, AuthCredentials(sorted(info.scopes)))
+            if len(self._scope_sets) < MAX_SCOPE_SETS:
+                self._scope_sets[info.scopes] = shared
+        scopes, credentials = shared
+        principal = Principal(
+            identity=info.subject or info.client_id or "",
+            kind="bearer",
+            name=info.client_id or info.subject or "",
+            scopes=scopes,
+            client_id=info.client_id,
+            subject=info.subject,
+            claims=info.claims,
+        )
+        return principal, credentials
