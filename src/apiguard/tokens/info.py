@@ -91,15 +91,19 @@ _MAX_INTERNED = 256
 def _intern(value: object) -> object:
     if type(value) is str and len(value) <= _MAX_INTERNED:
         return sys.intern(value)
+    if type(value) is list:
+        return [_intern(item) for item in value]
     return value
 
 
 def _shared(claims: Mapping[str, Any]) -> dict[str, Any]:
-    copy: dict[str, Any] = {}
-    for name, value in claims.items():
-        if name in _SHARED_CLAIMS:
-            value = [_intern(v) for v in value] if type(value) is list else _intern(value)
-        copy[sys.intern(name) if len(name) <= _MAX_INTERNED else name] = value
+    intern = sys.intern
+    copy = {
+        intern(name) if len(name) <= _MAX_INTERNED else name: value
+        for name, value in claims.items()
+    }
+    for name in _SHARED_CLAIMS.intersection(copy):
+        copy[name] = _intern(copy[name])
     return copy
 
 
@@ -125,9 +129,11 @@ def scopes_from_claims(claims: Mapping[str, Any], scope_claims: Collection[str])
     """
     found: set[str] = set()
     for name in scope_claims:
-        value: Any = claims
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
+        value: Any = claims.get(name)
+        if value is None and "." in name:
+            value = claims
+            for part in name.split("."):
+                value = value.get(part) if isinstance(value, Mapping) else None
         if isinstance(value, str):
             found.update(value.split())
         elif isinstance(value, list):
