@@ -102,7 +102,7 @@ async def depends_check(key: str = Depends(api_key_header)) -> str:
     return user
 
 
-def scope_for(key: str) -> Scope:
+def scope_for(key: str, header: bytes = b"x-api-key", prefix: str = "") -> Scope:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -117,7 +117,7 @@ def scope_for(key: str) -> Scope:
             (b"host", b"api.example"),
             (b"user-agent", b"bench/1.0"),
             (b"accept", b"*/*"),
-            (b"x-api-key", key.encode()),
+            (header, f"{prefix}{key}".encode()),
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),

@@ -31,6 +31,7 @@ from apiguard import BearerTokenMiddleware
 from apiguard.tokens import JWTIntrospector, RemoteIntrospector, TokenInfo, TokenVerifier
 from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 from benchmarks.bench_apikey import run
+from benchmarks.bench_apikey import scope_for as request_scope
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -42,25 +43,7 @@ def starlette_app() -> Starlette:
 
 
 def scope_for(token: str) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"api.example"),
-            (b"user-agent", b"bench/1.0"),
-            (b"accept", b"*/*"),
-            (b"authorization", f"Bearer {token}".encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    return request_scope(token, b"authorization", "Bearer ")
 
 
 class PyJWTPerRequest:

@@ -44,6 +44,16 @@ def manager(store: KeyStore, hasher: KeyHasher) -> KeyManager:
     return KeyManager(store, hasher)
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 MakeClient = Callable[..., httpx.AsyncClient]
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from apiguard import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.tokens import JWTIntrospector, TrustedIssuer, metadata_urls
 
+from .conftest import FakeClock
 from .token_support import (
     AUDIENCE,
     EC_KEY,
@@ -27,14 +28,6 @@ from .token_support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

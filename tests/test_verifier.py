@@ -15,6 +15,8 @@ from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, MemoryKeyStore, op
 from apiguard.keys.record import KeyRecord
 from apiguard.testing import make_record
 
+from .conftest import FakeClock
+
 pytestmark = pytest.mark.anyio
 
 
@@ -40,14 +42,6 @@ class CountingStore(MemoryKeyStore):
         if self.usage_down:
             raise BackendUnavailableError("store down")
         await super().record_usage(key_id, at=at)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
