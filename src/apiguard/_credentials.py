@@ -9,7 +9,9 @@ from apiguard.exceptions import ConfigurationError, InvalidRequest
 from apiguard.types import Scope
 
 __all__ = [
+    "AUTHORIZATION",
     "header_names",
+    "read_bearer",
     "read_headers",
     "read_headers_or_query",
     "read_query",
@@ -18,8 +20,7 @@ __all__ = [
 ]
 
 
-_AUTHORIZATION = frozenset({b"authorization"})
-AUTHORIZATION = _AUTHORIZATION
+AUTHORIZATION = frozenset({b"authorization"})
 
 
 def header_names(names: Collection[str]) -> frozenset[bytes]:
@@ -82,7 +83,7 @@ def read_bearer(scope: Scope) -> bytes | None:
     Raises:
         InvalidRequest: Two different Authorization headers, or `Bearer` with no token.
     """
-    value = read_headers(scope, _AUTHORIZATION)
+    value = read_headers(scope, AUTHORIZATION)
     if value is None:
         return None
     scheme, _, token = value.partition(b" ")
