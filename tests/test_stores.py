@@ -133,3 +133,11 @@ async def test_broken_listener_does_not_undo_a_revoke(caplog: pytest.LogCaptureF
 def test_base_store_is_an_async_context_manager() -> None:
     assert hasattr(BaseKeyStore, "__aenter__")
     assert hasattr(BaseKeyStore, "__aexit__")
+
+
+def test_sql_errors_never_carry_statement_parameters(tmp_path: Path) -> None:
+    """A driver error's message would otherwise include the values bound, a secret hash among them."""
+    from apiguard.keys.sql import SQLKeyStore
+
+    store = SQLKeyStore.from_url(f"sqlite:///{tmp_path}/keys.db")
+    assert store._engine.sync_engine.hide_parameters is True

@@ -23,7 +23,7 @@ from apiguard.exceptions import (
     InvalidRequest,
     MissingCredentials,
 )
-from apiguard.policies import Policy
+from apiguard.policies import Policy, route_path
 from apiguard.principal import ANONYMOUS, Grant
 from apiguard.types import ASGIApp, Receive, Scope, Send
 
@@ -206,10 +206,7 @@ class AuthMiddleware:
     def _excluded(self, scope: Scope) -> bool:
         if scope.get("method") in self._methods:
             return True
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
+        path = route_path(scope)
         return path in self._exact or path.startswith(self._prefixes)
 
     async def _refuse(

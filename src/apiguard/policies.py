@@ -22,6 +22,7 @@ __all__ = [
     "ScopeRules",
     "check_scopes",
     "parse_requirement",
+    "route_path",
     "validate_scopes",
 ]
 
@@ -39,6 +40,15 @@ def validate_scopes(scopes: Iterable[str]) -> frozenset[str]:
                 f"invalid scope {scope!r}: use printable ASCII, no spaces, quotes or backslashes"
             )
     return result
+
+
+def route_path(scope: Scope) -> str:
+    """The request path as the app's routes see it: without the root path."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :] or "/"
+    return path
 
 
 @runtime_checkable
@@ -113,10 +123,7 @@ class ScopeRules:
         self._rules = tuple(rules)
 
     async def check(self, principal: Principal, scope: Scope) -> None:
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
+        path = route_path(scope)
         method = scope.get("method")
         for rule in self._rules:
             if rule.matches(path, method):

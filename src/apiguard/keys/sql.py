@@ -129,6 +129,8 @@ class SQLKeyStore(BaseKeyStore):
         `engine_options` go to `sqlalchemy.ext.asyncio.create_async_engine`.
         """
         engine_url = _engine_url(url)
+        # Driver errors must not carry statement parameters (a secret hash) into logs.
+        engine_options.setdefault("hide_parameters", True)
         if engine_url.startswith("sqlite"):
             # Wait for a writer in another process (the CLI) instead of failing at once.
             engine_options.setdefault("connect_args", {"timeout": 10})
