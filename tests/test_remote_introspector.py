@@ -281,3 +281,60 @@ async def test_composite_can_introspect_jwts_for_revocation() -> None:
         endpoint.answer = json_answer(**active_answer())
         assert (await composite.introspect(mint())).client_id == "client-123"  # local claims
         await composite.aclose()
+
+
+async def test_private_key_jwt_client_assertion() -> None:
+    """RFC 7523 §2.2/§3: a signed assertion per call: iss = sub = client id, aud, unique jti, exp."""
+    import jwt as pyjwt
+
+    from .token_support import EC_KEY
+
+    endpoint = Endpoint(json_answer(**active_answer()))
+    remote = introspector(
+        endpoint,
+        client_id="api-jwt",
+        client_secret=None,
+        auth_method="private_key_jwt",
+        private_key=EC_KEY,
+        signing_alg="ES256",
+        key_id="client-key-1",
+    )
+    await remote.introspect("t1")
+    await remote.introspect("t2")
+    jtis = []
+    for index in (0, 1):
+        form = endpoint.form(index)
+        assert "authorization" not in endpoint.requests[index].headers
+        assert form["client_assertion_type"] == [
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        ]
+        assertion = form["client_assertion"][0]
+        assert pyjwt.get_unverified_header(assertion)["kid"] == "client-key-1"
+        claims = pyjwt.decode(assertion, EC_KEY.public_key(), algorithms=["ES256"], audience=ISSUER)
+        assert (claims["iss"], claims["sub"]) == ("api-jwt", "api-jwt")
+        assert 0 < claims["exp"] - time.time() <= 60
+        jtis.append(claims["jti"])
+    assert len(set(jtis)) == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"private_key": None},
+        {"signing_alg": "HS256"},
+        {"signing_alg": "RS256"},  # an EC key cannot sign RS256
+        {"private_key": "not a PEM key"},
+    ],
+)
+def test_private_key_jwt_configuration(options: dict[str, Any]) -> None:
+    from .token_support import EC_KEY
+
+    settings: dict[str, Any] = {
+        "client_id": "a",
+        "audience": AUDIENCE,
+        "auth_method": "private_key_jwt",
+        "private_key": EC_KEY,
+        "signing_alg": "ES256",
+    } | options
+    with pytest.raises(ConfigurationError):
+        RemoteIntrospector(ENDPOINT, **settings)

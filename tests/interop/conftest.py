@@ -46,6 +46,9 @@ class AuthorizationServer:
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self._jwks_path = workdir / "jwks.json"
+        self._client_jwks_path = workdir / "client-jwks.json"
+        # The key the API signs its private_key_jwt client assertions with.
+        self.client_key = ec.generate_private_key(ec.SECP256R1())
         self._process: subprocess.Popen[str] | None = None
         self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.ec = ec.generate_private_key(ec.SECP256R1())
@@ -53,10 +56,18 @@ class AuthorizationServer:
     def start(self, rsa_kid: str = "rsa-1") -> None:
         keys = [private_jwk(self.rsa, rsa_kid, "RS256"), private_jwk(self.ec, "ec-1", "ES256")]
         self._jwks_path.write_text(json.dumps({"keys": keys}))
+        public = json.loads(ECAlgorithm.to_jwk(self.client_key.public_key()))
+        client_keys = [{**public, "kid": "client-key-1", "alg": "ES256", "use": "sig"}]
+        self._client_jwks_path.write_text(json.dumps({"keys": client_keys}))
         node = shutil.which("node")
         if node is None or not (SERVER_DIR / "node_modules" / "oidc-provider").is_dir():
             pytest.fail("Node.js and oidc-provider are needed: run scripts/install (npm ci)")
-        env = {**os.environ, "PORT": str(self.port), "JWKS_PATH": str(self._jwks_path)}
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "JWKS_PATH": str(self._jwks_path),
+            "CLIENT_JWKS_PATH": str(self._client_jwks_path),
+        }
         self._process = subprocess.Popen(  # noqa: S603
             [node, "server.mjs"],
             cwd=SERVER_DIR,

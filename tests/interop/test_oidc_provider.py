@@ -139,12 +139,23 @@ async def test_signing_key_rotation(fresh_server: AuthorizationServer) -> None:
             },
             id="client_secret_post",
         ),
+        pytest.param({"private_key_jwt": True}, id="private_key_jwt"),
     ],
 )
 async def test_opaque_token_introspected(
     authorization_server: AuthorizationServer, options: dict[str, Any]
 ) -> None:
-    """RFC 7662 against the real endpoint, with both client authentication methods."""
+    """RFC 7662 against the real endpoint, with each client authentication method."""
+    if options.get("private_key_jwt"):
+        # RFC 7523: the API's key is registered with the server; no secret at all.
+        options = {
+            "client_id": "api-jwt",
+            "client_secret": None,
+            "auth_method": "private_key_jwt",
+            "private_key": authorization_server.client_key,
+            "signing_alg": "ES256",
+            "key_id": "client-key-1",
+        }
     token = authorization_server.token(OPAQUE)
     assert token.count(".") == 0  # opaque, not a JWT
     introspector = remote(authorization_server, **options)

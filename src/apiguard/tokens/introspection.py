@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
+import time
 from collections.abc import Collection, Mapping
 from typing import Any, Literal
 from urllib.parse import quote_plus
 
 import anyio
 import httpx
+import jwt
 
 from apiguard._cache import SingleFlight
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
@@ -22,14 +25,27 @@ from apiguard.keys.record import utcnow
 from apiguard.tokens._http import check_url, read_json
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo
+from apiguard.tokens.jwks import DEFAULT_ALGORITHMS
 
 __all__ = ["ClientAuthMethod", "RemoteIntrospector"]
 
 logger = logging.getLogger("apiguard.tokens")
 
-ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
+_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 _BEARER_TYPES = frozenset({"bearer", "access_token"})
 _INACTIVE = TokenInfo(active=False)
+
+
+def _check_signing_key(key: Any, alg: str) -> None:
+    if alg not in DEFAULT_ALGORITHMS:
+        raise ConfigurationError(f"private_key_jwt needs an asymmetric algorithm, not {alg!r}")
+    if key is None:
+        raise ConfigurationError("private_key_jwt needs private_key")
+    try:
+        jwt.encode({}, key, algorithm=alg)
+    except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        raise ConfigurationError(f"private_key cannot sign {alg}: {type(exc).__name__}") from None
 
 
 def _form_encode(value: str) -> str:
@@ -43,11 +59,16 @@ class RemoteIntrospector:
     Args:
         endpoint: The introspection endpoint URL. `from_issuer()` discovers it.
         client_id: This API's client id at the authorization server.
-        client_secret: Its secret.
+        client_secret: Its secret (for `client_secret_basic` and `client_secret_post`).
         audience: The audience(s) this API accepts; an active token's `aud` must
             contain one of them.
         issuer: When set, an answer's `iss` (if any) must equal it.
-        auth_method: `client_secret_basic` (default) or `client_secret_post`.
+        auth_method: `client_secret_basic` (default), `client_secret_post`, or
+            `private_key_jwt` (RFC 7523 §2.2: a JWT signed with `private_key`, new for
+            each call, with `aud` the issuer when known, else the endpoint).
+        private_key: For `private_key_jwt`: a PEM private key or a `cryptography` key.
+        signing_alg: For `private_key_jwt`: the asymmetric algorithm to sign with.
+        key_id: For `private_key_jwt`: the `kid` the server knows the key by.
         token_type_hint: Sent as `token_type_hint`; `None` to leave it out.
         scope_claims: Members of the answer scopes are read from.
         http_client: The `httpx.AsyncClient` to use; one is made (and closed by
@@ -61,7 +82,7 @@ class RemoteIntrospector:
         endpoint: str | None,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
         audience: str | Collection[str],
         issuer: str | None = None,
         auth_method: ClientAuthMethod = "client_secret_basic",
@@ -70,6 +91,9 @@ class RemoteIntrospector:
         http_client: httpx.AsyncClient | None = None,
         timeout: float = 5.0,
         retries: int = 1,
+        private_key: Any = None,
+        signing_alg: str = "RS256",
+        key_id: str | None = None,
     ) -> None:
         if endpoint is not None:
             check_url(endpoint, "introspection endpoint")
@@ -77,13 +101,17 @@ class RemoteIntrospector:
             raise ConfigurationError(
                 "an introspection endpoint or an issuer to discover it from is required"
             )
-        if auth_method not in ("client_secret_basic", "client_secret_post"):
+        if auth_method not in ("client_secret_basic", "client_secret_post", "private_key_jwt"):
             raise ConfigurationError(f"unsupported client authentication method {auth_method!r}")
         self._audiences = frozenset((audience,) if isinstance(audience, str) else audience)
         if not self._audiences:
             raise ConfigurationError("an expected audience is required")
-        if not client_id or not client_secret:
-            raise ConfigurationError("client_id and client_secret are required")
+        if not client_id:
+            raise ConfigurationError("client_id is required")
+        if auth_method == "private_key_jwt":
+            _check_signing_key(private_key, signing_alg)
+        elif not client_secret:
+            raise ConfigurationError(f"{auth_method} needs client_secret")
         if retries < 0:
             raise ConfigurationError("retries cannot be negative")
         self._endpoint = endpoint
@@ -97,12 +125,15 @@ class RemoteIntrospector:
         self._owns_client = http_client is None
         self._client = http_client or httpx.AsyncClient(timeout=self._timeout)
         self._discovery: SingleFlight[str, str] = SingleFlight()
-        if auth_method == "client_secret_basic":
+        self._private_key = private_key
+        self._signing_alg = signing_alg
+        self._key_id = key_id
+        self._credentials: dict[str, str] = {}
+        self._headers: dict[str, str] = {}
+        if auth_method == "client_secret_basic" and client_secret:
             pair = f"{_form_encode(client_id)}:{_form_encode(client_secret)}".encode()
             self._headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
-            self._credentials: dict[str, str] = {}
-        else:
-            self._headers = {}
+        elif auth_method == "client_secret_post" and client_secret:
             self._credentials = {"client_id": client_id, "client_secret": client_secret}
         self._headers["Accept"] = "application/json"
         self.calls = 0
@@ -125,10 +156,27 @@ class RemoteIntrospector:
         """
         endpoint = self._endpoint or await self._discovery.run("endpoint", self._discover)
         form = {"token": token, **self._credentials}
+        if self._auth_method == "private_key_jwt":
+            form["client_assertion_type"] = _ASSERTION_TYPE
+            form["client_assertion"] = self._assertion(endpoint)
         if self._hint is not None:
             form["token_type_hint"] = self._hint
         answer = await self._post(endpoint, form)
         return self._check(answer)
+
+    def _assertion(self, endpoint: str) -> str:
+        # RFC 7523 §3: iss and sub are the client id; a unique jti and a short exp.
+        now = int(time.time())
+        claims = {
+            "iss": self._client_id,
+            "sub": self._client_id,
+            "aud": self._issuer or endpoint,
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "exp": now + 60,
+        }
+        headers = {"kid": self._key_id} if self._key_id else None
+        return jwt.encode(claims, self._private_key, algorithm=self._signing_alg, headers=headers)
 
     async def _discover(self) -> str:
         if self._issuer is None:  # __init__ requires an endpoint or an issuer

@@ -9,6 +9,7 @@ import Provider, { errors } from 'oidc-provider';
 const port = Number(process.env.PORT);
 const issuer = `http://127.0.0.1:${port}`;
 const jwks = JSON.parse(readFileSync(process.env.JWKS_PATH, 'utf8'));
+const clientJwks = JSON.parse(readFileSync(process.env.CLIENT_JWKS_PATH, 'utf8'));
 const API = 'https://api.example';
 
 const resources = {
@@ -38,6 +39,16 @@ const provider = new Provider(issuer, {
       response_types: [],
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      // The API authenticating with a signed JWT (RFC 7523, private_key_jwt).
+      client_id: 'api-jwt',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: clientJwks,
     },
     {
       client_id: 'api-post',
