@@ -33,7 +33,8 @@ class APIKeyMiddleware(AuthMiddleware):
     Takes the arguments of `APIKeyAuth` (`store`, `pepper`, `hasher`,
     `header_names`, `query_param`, `prefixes`, `cache`) and the options of
     `AuthMiddleware` (`realm`, `exclude_paths`, `exclude_methods`, `allow_preflight`,
-    `optional`, `hide_credentials`, `problem_details`, `retry_after`, `error_response`).
+    `optional`, `hide_credentials`, `problem_details`, `retry_after`, `error_response`,
+    `policies`).
     """
 
     def __init__(
@@ -58,7 +59,6 @@ class APIKeyMiddleware(AuthMiddleware):
             prefixes=prefixes,
             cache=cache,
         )
-        self.verifier = self.auth.verifier
         super().__init__(app, authenticators=[self.auth], **options)
 
 
