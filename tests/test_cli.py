@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,18 @@ async def hello(request: Request) -> PlainTextResponse:
 def client(store_url: str) -> Iterator[TestClient]:
     """The app of another process: its own store object on the same database."""
     store = open_store(store_url)
-    app = Starlette(routes=[Route("/", hello)])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Closed on the loop that used it: the SQLite driver's worker thread answers
+        # to that loop, which is gone once the TestClient has exited.
+        async with store:  # type: ignore[attr-defined]
+            yield
+
+    app = Starlette(routes=[Route("/", hello)], lifespan=lifespan)
     app.add_middleware(APIKeyMiddleware, store=store, cache=CacheOptions(ttl=0.2))
     with TestClient(app) as client:
         yield client
-    import anyio
-
-    anyio.run(store.aclose)
 
 
 def test_create_use_revoke_refuse(client: TestClient) -> None:
