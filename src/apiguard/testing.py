@@ -13,13 +13,15 @@ your own store by subclassing it in a test module and providing a `store` fixtur
             yield store
             await store.aclose()
 
-It needs pytest and the anyio pytest plugin (installed with anyio), and runs on
-the asyncio backend unless your `anyio_backend` fixture says otherwise.
+It needs pytest and the anyio pytest plugin (installed with anyio). It runs on
+the asyncio backend even where trio is installed; override the `anyio_backend`
+fixture in your subclass to choose another. `make_record()` builds records with
+fixed times, so two calls with the same arguments give equal records.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
 import pytest
@@ -31,14 +33,22 @@ from apiguard.types import KeyStore
 __all__ = ["KeyStoreContract", "make_record"]
 
 
+# Fixed, not the current time: two records made a moment apart must compare equal.
+CREATED_AT = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
 def make_record(key_id: str = "K" * 12, name: str = "alice", **changes: object) -> KeyRecord:
-    """A `KeyRecord` with plausible values; `changes` override any field."""
+    """A `KeyRecord` with plausible values; `changes` override any field.
+
+    The same arguments always make an equal record: `created_at` defaults to the
+    fixed `CREATED_AT`, never to the current time.
+    """
     fields: dict[str, object] = {
         "key_id": key_id,
         "name": name,
         "secret_hash": "$hmac-sha256$" + "0" * 64,
         "scopes": frozenset({"items:read"}),
-        "created_at": utcnow().replace(microsecond=0),
+        "created_at": CREATED_AT,
         "metadata": MappingProxyType({"team": "core"}),
     }
     fields.update(changes)
@@ -47,7 +57,16 @@ def make_record(key_id: str = "K" * 12, name: str = "alice", **changes: object) 
 
 @pytest.mark.anyio
 class KeyStoreContract:
-    """What every key store must do. Subclass it and provide a `store` fixture."""
+    """What every key store must do. Subclass it and provide a `store` fixture.
+
+    The tests run on anyio's asyncio backend, whatever other backends (trio) are
+    installed. To run them on another, override `anyio_backend` in your subclass.
+    """
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        """The event loop the contract runs on: asyncio."""
+        return "asyncio"
 
     async def test_get_returns_what_add_stored(self, store: KeyStore) -> None:
         """A record reads back equal, timezone-aware, metadata included."""
