@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import sys
+import threading
 from pathlib import Path
 
-import anyio
 import pytest
 
 import apiguard.keys
@@ -98,9 +99,6 @@ async def test_unreachable_sqlite_is_backend_unavailable(tmp_path: Path) -> None
             await store.get("K" * 12)
         assert "OperationalError" in str(info.value)
     finally:
-        # aiosqlite stops the worker of a failed connection without awaiting it:
-        # let it finish before the test's event loop closes.
-        await anyio.sleep(0.05)
         await store.aclose()
 
 
@@ -141,3 +139,24 @@ def test_sql_errors_never_carry_statement_parameters(tmp_path: Path) -> None:
 
     store = SQLKeyStore.from_url(f"sqlite:///{tmp_path}/keys.db")
     assert store._engine.sync_engine.hide_parameters is True
+
+
+def test_failed_sqlite_connection_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """When a connection fails, its driver thread has ended before the error reaches us.
+
+    Otherwise the thread reports to an event loop that `asyncio.run` (the CLI) has
+    already closed, and dies with "Event loop is closed".
+    """
+
+    async def fail() -> None:
+        store = open_store(f"sqlite:///{tmp_path}/missing-dir/keys.db")
+        try:
+            with pytest.raises(BackendUnavailableError):
+                await store.get("K" * 12)
+        finally:
+            await store.aclose()
+
+    before = set(threading.enumerate())
+    for _ in range(20):  # without the wait, most tries leave the thread running
+        asyncio.run(fail())
+        assert [t.name for t in threading.enumerate() if t not in before] == []

@@ -7,6 +7,7 @@ code is meant to serve PostgreSQL. Install with `pip install 'apiguard[sqlite]'`
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -107,6 +108,27 @@ def _engine_url(url: str) -> str:
     return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
 
 
+async def _open_sqlite(*args: Any, **kwargs: Any) -> Any:
+    """`aiosqlite.connect(...)` that, when it fails, waits for its worker thread to end.
+
+    aiosqlite stops the worker of a failed connection without waiting for it; the worker
+    then reports back to the event loop, which may be closed by then (a CLI command's
+    `asyncio.run`), and the thread dies with "Event loop is closed".
+    """
+    import aiosqlite
+
+    connection = aiosqlite.connect(*args, **kwargs)
+    # Before aiosqlite 0.22 the connection was itself the thread.
+    thread: threading.Thread = getattr(connection, "_thread", None) or connection  # type: ignore[assignment]
+    thread.daemon = True  # as SQLAlchemy does: never hold up interpreter exit
+    try:
+        return await connection
+    except BaseException:
+        if thread.is_alive():
+            thread.join(1.0)  # it only has to close nothing and return: microseconds
+        raise
+
+
 class SQLKeyStore(BaseKeyStore):
     """A key store in a SQL database. The table `apiguard_keys` is created on first use.
 
@@ -133,7 +155,9 @@ class SQLKeyStore(BaseKeyStore):
         engine_options.setdefault("hide_parameters", True)
         if engine_url.startswith("sqlite"):
             # Wait for a writer in another process (the CLI) instead of failing at once.
-            engine_options.setdefault("connect_args", {"timeout": 10})
+            engine_options.setdefault(
+                "connect_args", {"timeout": 10, "async_creator_fn": _open_sqlite}
+            )
         try:
             engine = create_async_engine(engine_url, **engine_options)
         except (ImportError, sa_exc.ArgumentError) as exc:
