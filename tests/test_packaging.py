@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import ast
+import functools
+import sys
+from importlib.metadata import distributions, requires
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import apiguard
+
+SRC = Path(apiguard.__file__).parent
+# Modules that exist to use an optional package, named by the extra that installs it.
+OPTIONAL: dict[str, str] = {
+    "fastapi.py": "fastapi",
+    "keys/sql.py": "sqlite",
+}
+# The contract suite and test helpers run inside the user's own pytest.
+UNDECLARED = {"testing.py"}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Third-party names imported when the module loads (not lazily, not for typing)."""
+    names: set[str] = set()
+    body = ast.parse(path.read_text()).body
+    # Guarded imports (`try: import x except ImportError`) still need their package.
+    body += [n for t in body if isinstance(t, ast.Try) for n in t.body]
+    for node in body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "apiguard"}
+
+
+@functools.cache
+def providers() -> dict[str, set[str]]:
+    """Import name -> distributions installing it, read from each one's file list.
+
+    (`importlib.metadata.packages_distributions` reads only `top_level.txt` on 3.10.)
+    """
+    found: dict[str, set[str]] = {}
+    for dist in distributions():
+        for file in dist.files or []:
+            top = file.parts[0].removesuffix(".py")
+            if top.isidentifier():
+                found.setdefault(top, set()).add(canonicalize_name(dist.metadata["Name"]))
+    return found
+
+
+def declared(extra: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for line in requires("apiguard") or []:
+        requirement = Requirement(line)
+        marker = requirement.marker
+        if (extra is None and marker is None) or (
+            extra is not None and marker is not None and marker.evaluate({"extra": extra})
+        ):
+            found.add(canonicalize_name(requirement.name))
+    return found
+
+
+MODULES = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in UNDECLARED], ids=str)
+def test_every_import_is_a_declared_dependency(module: str) -> None:
+    """Installing apiguard (with the module's extra) installs everything it imports."""
+    installed_by = providers()
+    needed = {
+        dist for name in top_level_imports(SRC / module) for dist in installed_by.get(name, {name})
+    }
+    extra = OPTIONAL.get(module)
+    available = declared() | (declared(extra) if extra else set())
+    assert needed <= available
