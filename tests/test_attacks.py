@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
-from apiguard import APIKeyAuth, AuthMiddleware, BearerAuth
-from apiguard.keys import KeyHasher, MemoryKeyStore
+from apiguard import (
+    APIKeyAuth,
+    APIKeyMiddleware,
+    AuthMiddleware,
+    BearerAuth,
+    ScopeRule,
+    ScopeRules,
+)
+from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.tokens import JWTIntrospector
 from apiguard.types import Message, Scope
 
+from .server_support import raw_request, serve
 from .token_support import AUDIENCE, ISSUER, RSA_KEY, FakeIssuer, claims, mint
 
 pytestmark = pytest.mark.anyio
@@ -118,3 +128,104 @@ async def test_valid_credentials_still_pass(guarded: AuthMiddleware) -> None:
     assert (
         await status_for(guarded, [(b"authorization", f"Bearer {mint(RSA_KEY)}".encode())]) == 200
     )
+
+
+# --- paths that dodge exclusions and scope rules, over a real server --------------
+
+
+async def public(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"public handler ran with {request.path_params['rest']!r}")
+
+
+async def private(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"private handler ran with {request.path_params['rest']!r}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, hasher: KeyHasher) -> Iterator[tuple[int, str]]:
+    """StaticFiles at /static and a sub-app at /api, each with a public and a private part.
+
+    Yields the port of a uvicorn server and a valid key without the `admin` scope.
+    """
+    tmp_path = tmp_path_factory.mktemp("site")
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "a.txt").write_text("public file")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "secret.txt").write_text("SECRET")
+    api = Starlette(
+        routes=[Route("/public/{rest:path}", public), Route("/private/{rest:path}", private)]
+    )
+    app = Starlette(routes=[Mount("/static", StaticFiles(directory=tmp_path)), Mount("/api", api)])
+    store = MemoryKeyStore()
+    key = anyio.run(lambda: KeyManager(store, hasher).create("reader", scopes=["read"])).key
+    guarded = APIKeyMiddleware(
+        app,
+        store=store,
+        hasher=hasher,
+        exclude_paths=["/static/public/*", "/api/public/*"],
+        policies=[
+            ScopeRules(
+                [ScopeRule("/static/private/*", "admin"), ScopeRule("/api/private/*", "admin")]
+            )
+        ],
+    )
+    with serve(guarded) as port:
+        yield port, key
+
+
+@pytest.mark.parametrize(
+    ("target", "with_key", "status"),
+    [
+        pytest.param("/static/public/a.txt", False, 200, id="excluded"),
+        pytest.param("/static/private/secret.txt", False, 401, id="not-excluded"),
+        pytest.param("/static/private/secret.txt", True, 403, id="rule"),
+        pytest.param("/api/public/x", False, 200, id="excluded-sub-app"),
+        pytest.param("/api/private/x", True, 403, id="rule-sub-app"),
+        pytest.param("/static/public/.well/a.txt", False, 404, id="dot-in-a-name-is-normal"),
+    ],
+)
+def test_normal_paths_over_a_real_server(
+    site: tuple[int, str], target: str, with_key: bool, status: int
+) -> None:
+    """The control group: exclusions and rules as configured."""
+    port, key = site
+    headers = [("X-API-Key", key)] if with_key else []
+    assert raw_request(port, target, headers=headers).status == status
+
+
+@pytest.mark.parametrize(
+    ("target", "with_key"),
+    [
+        # An excluded prefix, then a climb out of it (RFC 3986 §5.2.4 would resolve it).
+        pytest.param("/static/public/../private/secret.txt", False, id="dot-dot"),
+        pytest.param("/static/public/%2E%2E/private/secret.txt", False, id="encoded-dot-dot"),
+        pytest.param("/static/public/%2e%2e%2fprivate/secret.txt", False, id="encoded-slash"),
+        pytest.param("/static/public/./../private/secret.txt", False, id="dot-then-dot-dot"),
+        pytest.param("/static/public//../private/secret.txt", False, id="empty-then-dot-dot"),
+        pytest.param("/api/public/../private/x", False, id="sub-app-dot-dot"),
+        # The other way round: a path that a normalizing matcher would call excluded.
+        pytest.param("/api/private/../public/x", False, id="private-then-public"),
+        pytest.param("/static/private/%2E%2E/public/a.txt", False, id="encoded-back-to-public"),
+        # Around a scope rule, with a valid key that lacks the scope.
+        pytest.param("/static/x/%2E%2E/private/secret.txt", True, id="rule-dot-dot"),
+        pytest.param("/static/./private/secret.txt", True, id="rule-dot"),
+        pytest.param("/static//private/secret.txt", True, id="rule-empty-segment"),
+        pytest.param("/api/x/../private/y", True, id="rule-sub-app"),
+        pytest.param("/static/private/..", True, id="trailing-dot-dot"),
+    ],
+)
+def test_paths_not_in_normal_form_are_refused_over_a_real_server(
+    site: tuple[int, str], target: str, with_key: bool
+) -> None:
+    """Dot-segments (also percent-encoded) and empty segments: 400, never the handler.
+
+    Routers and StaticFiles resolve these differently from prefix matching, so
+    with exclusions or scope rules configured such a path is refused outright.
+    """
+    port, key = site
+    headers = [("X-API-Key", key)] if with_key else []
+    response = raw_request(port, target, headers=headers)
+    assert response.status == 400, response.body
+    assert json.loads(response.body)["error"] == "invalid_request"
+    assert b"SECRET" not in response.body
+    assert b"handler ran" not in response.body

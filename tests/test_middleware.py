@@ -347,6 +347,56 @@ async def test_exclusions(
     assert response.status_code == status
 
 
+@pytest.mark.parametrize(
+    ("path", "root_path", "status"),
+    [
+        ("/public/../items", "", 400),  # RFC 3986 §5.2.4 would make it /items
+        ("/public/./a", "", 400),
+        ("/public/a/..", "", 400),
+        ("/public//a", "", 400),  # an empty segment
+        ("/items/../public/a", "", 400),  # nor the other way round
+        ("/v1/public/../items", "/v1", 400),
+        ("/public/...", "", 200),  # not a dot-segment
+        ("/public/.hidden/a", "", 200),
+        ("/public/a/", "", 200),  # a trailing slash is normal
+        ("/.well-known/x", "", 200),
+    ],
+)
+async def test_paths_not_in_normal_form_are_refused_when_exclusions_are_set(
+    guard: Any, path: str, root_path: str, status: int
+) -> None:
+    """The decoded path as servers pass it (`%2E%2E` arrives as `..`): no dot or empty segments."""
+    app = guard(PlainTextResponse("ok"), exclude_paths=["/health", "/public/*", "/.well-known/*"])
+    scope: Scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "root_path": root_path,
+        "headers": [],
+        "query_string": b"",
+    }
+    sent = await call_directly(app, scope)
+    assert sent[0]["status"] == status
+    if status == 400:
+        assert json.loads(sent[1]["body"]) == {
+            "error": "invalid_request",
+            "error_description": "The request path is not in normal form.",
+        }
+
+
+async def test_paths_are_not_checked_without_exclusions_or_rules(guard: Any) -> None:
+    """Nothing depends on the path then: a key is required on every path alike."""
+    scope: Scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/public/../health",
+        "root_path": "",
+        "headers": [],
+        "query_string": b"",
+    }
+    assert (await call_directly(guard(exclude_methods=["POST"]), scope))[0]["status"] == 401
+
+
 async def test_excluded_routes_see_the_anonymous_principal(client: httpx.AsyncClient) -> None:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(

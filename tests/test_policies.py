@@ -18,13 +18,14 @@ from apiguard import (
     BearerTokenMiddleware,
     ConfigurationError,
     InsufficientScope,
+    InvalidRequest,
     Principal,
     ScopeRule,
     ScopeRules,
 )
 from apiguard.fastapi import require_scopes
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
-from apiguard.policies import parse_requirement
+from apiguard.policies import parse_requirement, route_path
 from apiguard.tokens import TokenInfo
 from apiguard.types import Scope
 
@@ -101,6 +102,46 @@ async def test_scope_rules(
 ) -> None:
     response = await client.request(method, path, headers=bearer(scopes.replace(" ", ",")))
     assert response.status_code == status
+
+
+@pytest.mark.parametrize(
+    "path", ["/x/%2E%2E/admin", "/items/%2e/1", "/items//1", "/admin/%2E%2E", "/x/%2e%2e%2fadmin"]
+)
+async def test_rules_refuse_paths_not_in_normal_form(client: httpx.AsyncClient, path: str) -> None:
+    """A path a router may resolve differently from the rules: 400 invalid_request.
+
+    `%2E%2E` reaches the app decoded, as `..`; RFC 3986 §5.2.4 would remove it.
+    """
+    response = await client.get(path, headers=bearer("items:read"))
+    assert response.status_code == 400
+    assert response.headers["www-authenticate"].startswith(
+        'Bearer realm="api", error="invalid_request"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "expected"),
+    [
+        ("/items/1", "", "/items/1"),
+        ("/v1/items/1", "/v1", "/items/1"),
+        ("/v1", "/v1", "/"),
+        ("/v1health", "/v1", "/v1health"),  # as Starlette routes it: the root path ends at "/"
+        ("/other", "/v1", "/other"),
+        ("/.well-known/x", "", "/.well-known/x"),
+        ("/items/", "", "/items/"),
+    ],
+)
+def test_route_path(path: str, root_path: str, expected: str) -> None:
+    assert route_path({"path": path, "root_path": root_path}) == expected
+
+
+@pytest.mark.parametrize(
+    "path", ["/..", "/.", "/a/../b", "/a/./b", "/a//b", "//a", "/a/..", "/v1/a/../b"]
+)
+def test_route_path_refuses_paths_not_in_normal_form(path: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        route_path({"path": path, "root_path": "/v1"})
+    assert info.value.description == "The request path is not in normal form."
 
 
 async def test_insufficient_scope_challenge(client: httpx.AsyncClient) -> None:

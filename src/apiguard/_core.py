@@ -93,7 +93,11 @@ class AuthMiddleware:
         authenticators: The credentials accepted (`APIKeyAuth`, `BearerAuth`).
         realm: The challenge `realm`, or `None` for none.
         exclude_paths: Paths served without credentials: exact (`"/health"`) or,
-            ending in `*`, prefixes (`"/public/*"`). Matched without the root path.
+            ending in `*`, prefixes (`"/public/*"`). Matched without the root path,
+            and only on paths in normal form: when any is set, a path with a `.`,
+            `..` or empty segment (also sent as `%2E`, `%2F`) is a 400
+            `invalid_request`, since the router could resolve it to another route
+            (see `apiguard.policies.route_path`).
         exclude_methods: HTTP methods served without credentials.
         allow_preflight: Let CORS preflight requests through without credentials.
         optional: A request without credentials gets the anonymous principal instead
@@ -139,7 +143,8 @@ class AuthMiddleware:
         self._exact = frozenset(p for p in exclude_paths if not p.endswith("*"))
         self._prefixes = tuple(p[:-1] for p in exclude_paths if p.endswith("*"))
         self._methods = frozenset(m.upper() for m in exclude_methods)
-        self._check_exclusions = bool(self._exact or self._prefixes or self._methods)
+        self._check_paths = bool(self._exact or self._prefixes)
+        self._check_exclusions = self._check_paths or bool(self._methods)
         self._allow_preflight = allow_preflight
         self._optional = optional
         self._hide = hide_credentials
@@ -156,7 +161,12 @@ class AuthMiddleware:
         if scope["type"] not in _GUARDED:  # lifespan and anything else: untouched
             await self.app(scope, receive, send)
             return
-        if (self._check_exclusions and self._excluded(scope)) or (
+        try:
+            passes = self._check_exclusions and self._excluded(scope)
+        except InvalidRequest as exc:  # a path not in normal form
+            await self._refuse(exc, self._authenticators[0], scope, receive, send)
+            return
+        if passes or (
             scope.get("method") == "OPTIONS" and self._allow_preflight and _is_preflight(scope)
         ):
             scope.setdefault("user", ANONYMOUS)
@@ -206,7 +216,9 @@ class AuthMiddleware:
     def _excluded(self, scope: Scope) -> bool:
         if scope.get("method") in self._methods:
             return True
-        path = route_path(scope)
+        if not self._check_paths:
+            return False
+        path = route_path(scope)  # refuses paths not in normal form
         return path in self._exact or path.startswith(self._prefixes)
 
     async def _refuse(

@@ -12,7 +12,12 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from apiguard.exceptions import ConfigurationError, InsufficientScope, MissingCredentials
+from apiguard.exceptions import (
+    ConfigurationError,
+    InsufficientScope,
+    InvalidRequest,
+    MissingCredentials,
+)
 from apiguard.principal import Principal
 from apiguard.types import Scope
 
@@ -43,12 +48,43 @@ def validate_scopes(scopes: Iterable[str]) -> frozenset[str]:
 
 
 def route_path(scope: Scope) -> str:
-    """The request path as the app's routes see it: without the root path."""
+    """The request path as the app's routes see it: without the root path.
+
+    Exclusions and `ScopeRule`s are matched on this path, so it is accepted only in
+    normal form, where prefix matching and the app's router agree on what it names.
+
+    Raises:
+        InvalidRequest: The path has a `.` or `..` segment, or an empty one (`//`).
+            Servers decode `%2E` and `%2F` before the app sees the path, so the
+            encoded forms count too. Routers and `StaticFiles` resolve such a path
+            differently from a prefix match (RFC 3986 §5.2.4 dot-segment removal,
+            `//` collapsed), in both directions: `/public/../private/x` is served
+            from `private/`, and `/private/../public/x` runs the `/private/{path}`
+            route. Such paths are refused, not normalized.
+    """
     path: str = scope["path"]
     root_path: str = scope.get("root_path", "")
+    # As Starlette's routing does: the root path ends at a "/" or at the end.
     if root_path and path.startswith(root_path):
-        return path[len(root_path) :] or "/"
+        if len(path) == len(root_path):
+            path = "/"
+        elif path[len(root_path)] == "/":
+            path = path[len(root_path) :]
+    if ("/." in path or "//" in path) and not _is_normal(path):
+        raise InvalidRequest(_NOT_NORMAL, reason="path not in normal form")
     return path
+
+
+_NOT_NORMAL = "The request path is not in normal form."
+_DOT_SEGMENTS = frozenset({".", ".."})
+_NOT_NORMAL_SEGMENTS = _DOT_SEGMENTS | {""}
+
+
+def _is_normal(path: str) -> bool:
+    segments = path.split("/")
+    # segments[0] precedes the leading "/"; the last is empty after a trailing "/".
+    inner = segments[1:-1]
+    return segments[-1] not in _DOT_SEGMENTS and not any(s in _NOT_NORMAL_SEGMENTS for s in inner)
 
 
 @runtime_checkable
@@ -88,7 +124,9 @@ class ScopeRule:
 
     Attributes:
         path: An exact path, or a prefix ending in `*` (`"/items/*"`), matched without
-            the app's root path.
+            the app's root path. Requests whose path is not in normal form (`.`,
+            `..` or empty segments) are refused with 400 `invalid_request`
+            (`route_path`).
         scopes: The scopes required: `"items:write"`, all of several
             (`"items:read items:write"`), or alternatives (`"items:write | admin"`).
         methods: The methods the rule applies to; all methods if empty.
