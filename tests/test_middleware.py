@@ -328,7 +328,7 @@ async def test_credentials_are_kept_by_default(
         ("GET", "/public/a/b", "", 200),  # prefix
         ("GET", "/publicity", "", 401),
         ("GET", "/", "", 401),
-        ("HEAD", "/", "", 200),  # excluded method
+        ("POST", "/", "", 200),  # excluded method
         ("GET", "/v1/health", "/v1", 200),  # matched without the root path
     ],
 )
@@ -340,11 +340,27 @@ async def test_exclusions(
     root_path: str,
     status: int,
 ) -> None:
-    app = guard(exclude_paths=["/health", "/public/*"], exclude_methods=["head"])
+    app = guard(exclude_paths=["/health", "/public/*"], exclude_methods=["post"])
     transport = httpx.ASGITransport(app=app, root_path=root_path)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.request(method, path)
     assert response.status_code == status
+
+
+async def test_excluding_get_also_excludes_head(guard: Any, make_client: MakeClient) -> None:
+    """RFC 9110 §9.3.2: HEAD is GET without the content; Starlette runs the GET endpoint."""
+    async with make_client(guard(exclude_methods=["get"])) as client:
+        assert (await client.get("/")).status_code == 200
+        assert (await client.head("/")).status_code == 200
+        assert (await client.post("/")).status_code == 401
+
+
+def test_excluding_head_without_get_is_refused_at_startup() -> None:
+    """HEAD alone would let HEAD requests run GET handlers without a key."""
+    with pytest.raises(ConfigurationError, match="HEAD"):
+        APIKeyMiddleware(
+            make_app(), store=MemoryKeyStore(), pepper="p" * 32, exclude_methods=["HEAD"]
+        )
 
 
 @pytest.mark.parametrize(

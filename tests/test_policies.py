@@ -144,6 +144,26 @@ def test_route_path_refuses_paths_not_in_normal_form(path: str) -> None:
     assert info.value.description == "The request path is not in normal form."
 
 
+async def test_a_get_rule_covers_head(make_client: MakeClient) -> None:
+    """RFC 9110 §9.3.2: Starlette runs the GET endpoint for HEAD, so GET rules apply to it."""
+    ran: list[str] = []
+
+    async def report(request: Request) -> PlainTextResponse:
+        ran.append(request.method)
+        return PlainTextResponse("report")
+
+    rules = ScopeRules([ScopeRule("/reports", "reports:read", methods=["get"])])
+    app = Starlette(routes=[Route("/reports", report)])
+    guarded = BearerTokenMiddleware(app, introspector=TableIntrospector(), policies=[rules])
+    async with make_client(guarded) as client:
+        assert (await client.head("/reports", headers=bearer("other"))).status_code == 403
+        assert (await client.get("/reports", headers=bearer("other"))).status_code == 403
+        assert (await client.head("/reports", headers=bearer("reports:read"))).status_code == 200
+        assert (await client.post("/reports", headers=bearer("other"))).status_code == 405
+    assert ran == ["HEAD"]
+    assert ScopeRule("/x", "a", methods=["GET"]).methods == {"GET", "HEAD"}
+
+
 async def test_insufficient_scope_challenge(client: httpx.AsyncClient) -> None:
     """RFC 6750 §3.1: 403 insufficient_scope with the needed scope in the challenge."""
     response = await client.get("/admin", headers=bearer("ops"))

@@ -23,7 +23,7 @@ from apiguard.exceptions import (
     InvalidRequest,
     MissingCredentials,
 )
-from apiguard.policies import Policy, route_path
+from apiguard.policies import Policy, _with_head, route_path
 from apiguard.principal import ANONYMOUS, Grant
 from apiguard.types import ASGIApp, Receive, Scope, Send
 
@@ -98,7 +98,10 @@ class AuthMiddleware:
             `..` or empty segment (also sent as `%2E`, `%2F`) is a 400
             `invalid_request`, since the router could resolve it to another route
             (see `apiguard.policies.route_path`).
-        exclude_methods: HTTP methods served without credentials.
+        exclude_methods: HTTP methods served without credentials, on every path.
+            HEAD is GET without the content (RFC 9110 §9.3.2), and Starlette
+            answers it with the GET endpoint: `"GET"` covers HEAD too, and `"HEAD"`
+            without `"GET"` is a `ConfigurationError`.
         allow_preflight: Let CORS preflight requests through without credentials.
         optional: A request without credentials gets the anonymous principal instead
             of a 401; a bad credential is still refused.
@@ -142,7 +145,12 @@ class AuthMiddleware:
         self._authenticators = tuple(authenticators)
         self._exact = frozenset(p for p in exclude_paths if not p.endswith("*"))
         self._prefixes = tuple(p[:-1] for p in exclude_paths if p.endswith("*"))
-        self._methods = frozenset(m.upper() for m in exclude_methods)
+        self._methods = _with_head(frozenset(m.upper() for m in exclude_methods))
+        if "HEAD" in self._methods and "GET" not in self._methods:
+            raise ConfigurationError(
+                "exclude_methods has HEAD without GET, but HEAD requests run GET handlers"
+                " (RFC 9110 §9.3.2): exclude GET too, or neither"
+            )
         self._check_paths = bool(self._exact or self._prefixes)
         self._check_exclusions = self._check_paths or bool(self._methods)
         self._allow_preflight = allow_preflight

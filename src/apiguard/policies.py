@@ -87,6 +87,11 @@ def _is_normal(path: str) -> bool:
     return segments[-1] not in _DOT_SEGMENTS and not any(s in _NOT_NORMAL_SEGMENTS for s in inner)
 
 
+def _with_head(methods: frozenset[str]) -> frozenset[str]:
+    # RFC 9110 §9.3.2: HEAD is GET without the content; routers run GET handlers for it.
+    return methods | {"HEAD"} if "GET" in methods else methods
+
+
 @runtime_checkable
 class Policy(Protocol):
     """A check on an authenticated request, run by the middleware before the app."""
@@ -129,7 +134,8 @@ class ScopeRule:
             (`route_path`).
         scopes: The scopes required: `"items:write"`, all of several
             (`"items:read items:write"`), or alternatives (`"items:write | admin"`).
-        methods: The methods the rule applies to; all methods if empty.
+        methods: The methods the rule applies to; all methods if empty. `"GET"`
+            covers HEAD too (RFC 9110 §9.3.2: Starlette runs GET endpoints for HEAD).
     """
 
     path: str
@@ -141,7 +147,8 @@ class ScopeRule:
         if not self.path.startswith("/"):
             raise ConfigurationError(f"rule paths start with '/': {self.path!r}")
         object.__setattr__(self, "_alternatives", parse_requirement(self.scopes))
-        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        methods = _with_head(frozenset(m.upper() for m in self.methods))
+        object.__setattr__(self, "methods", methods)
 
     def matches(self, path: str, method: str | None) -> bool:
         if self.methods and method not in self.methods:
