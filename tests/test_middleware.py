@@ -8,11 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.authentication import requires
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
@@ -428,18 +430,104 @@ async def test_excluded_routes_see_the_anonymous_principal(client: httpx.AsyncCl
     assert body["scopes"] == []
 
 
-PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
 
 
-async def test_cors_preflight_passes_without_a_key(client: httpx.AsyncClient) -> None:
-    assert (await client.options("/", headers=PREFLIGHT)).status_code == 200
-    # A plain OPTIONS request is not a preflight.
-    assert (await client.options("/", headers={"Origin": "https://app.example"})).status_code == 401
+def cors_app(kind: str, ran: list[str]) -> Starlette:
+    """An app whose OPTIONS handling is application code: a mounted app or a FastAPI route."""
+    if kind == "mount":
+
+        async def mounted(scope: Scope, receive: Receive, send: Send) -> None:
+            ran.append(scope["method"])
+            await PlainTextResponse("mounted app ran")(scope, receive, send)
+
+        return Starlette(routes=[Mount("/api", app=mounted)])
+    app = FastAPI(openapi_url=None)
+
+    @app.options("/api/items")
+    async def items_options() -> dict[str, str]:
+        ran.append("OPTIONS")
+        return {"allow": "GET"}
+
+    return app
 
 
-async def test_preflight_can_require_a_key(guard: Any, make_client: MakeClient) -> None:
-    async with make_client(guard(allow_preflight=False)) as client:
-        assert (await client.options("/", headers=PREFLIGHT)).status_code == 401
+def stack(
+    app: Starlette, cors: str, key_store: FlakyStore, hasher: KeyHasher, **options: Any
+) -> Starlette:
+    """`app` with apiguard and, per `cors`, Starlette's CORSMiddleware outside it or inside it."""
+    cors_options: dict[str, Any] = {"allow_origins": ["https://app.example"]}
+    if cors == "inside":  # added first: innermost
+        app.add_middleware(CORSMiddleware, **cors_options)
+    app.add_middleware(APIKeyMiddleware, store=key_store, hasher=hasher, **options)
+    if cors == "outermost":  # added last: answers preflights before apiguard sees them
+        app.add_middleware(CORSMiddleware, **cors_options)
+    return app
+
+
+@pytest.mark.parametrize("kind", ["mount", "fastapi-options-route"])
+@pytest.mark.parametrize(
+    ("cors", "options", "status"),
+    [
+        pytest.param("none", {}, 401, id="no-cors"),
+        pytest.param("outermost", {}, 200, id="cors-outermost"),
+        pytest.param("inside", {}, 401, id="cors-inside"),
+        pytest.param("inside", {"allow_preflight": True}, 200, id="cors-inside-allow-preflight"),
+    ],
+)
+async def test_preflights_never_run_the_app_without_a_key(
+    make_client: MakeClient,
+    key_store: FlakyStore,
+    hasher: KeyHasher,
+    kind: str,
+    cors: str,
+    options: dict[str, Any],
+    status: int,
+) -> None:
+    """A CORS preflight without a key is answered by CORSMiddleware or refused, never the app."""
+    ran: list[str] = []
+    app = stack(cors_app(kind, ran), cors, key_store, hasher, **options)
+    async with make_client(app) as client:
+        response = await client.options("/api/items", headers=PREFLIGHT)
+    assert response.status_code == status
+    if status == 200:
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert ran == []
+
+
+@pytest.mark.parametrize("cors", ["none", "outermost"])
+async def test_allow_preflight_without_cors_inside_is_a_configuration_error(
+    make_client: MakeClient, key_store: FlakyStore, hasher: KeyHasher, cors: str
+) -> None:
+    """Passed on to anything but CORSMiddleware, a preflight would run application code."""
+    with pytest.raises(ConfigurationError, match="CORSMiddleware"):
+        APIKeyMiddleware(make_app(), store=key_store, hasher=hasher, allow_preflight=True)
+    app = stack(cors_app("mount", []), cors, key_store, hasher, allow_preflight=True)
+    async with make_client(app) as client:
+        with pytest.raises(ConfigurationError, match="CORSMiddleware"):
+            await client.options("/api/items", headers=PREFLIGHT)
+
+
+async def test_cors_outermost_adds_its_headers_to_refusals(
+    make_client: MakeClient, key_store: FlakyStore, hasher: KeyHasher, issued: IssuedKey
+) -> None:
+    """The recommended order: a browser can read the 401 of a cross-origin request."""
+    ran: list[str] = []
+    app = stack(cors_app("mount", ran), "outermost", key_store, hasher)
+    origin = {"Origin": "https://app.example"}
+    async with make_client(app) as client:
+        refused = await client.get("/api/items", headers=origin)
+        allowed = await client.get("/api/items", headers=origin | {"X-API-Key": issued.key})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "https://app.example"
+    assert allowed.status_code == 200
+    assert ran == ["GET"]
+
+
+async def test_plain_options_requests_need_a_key(client: httpx.AsyncClient) -> None:
+    """An OPTIONS request without Access-Control-Request-Method is not a preflight."""
+    response = await client.options("/", headers={"Origin": "https://app.example"})
+    assert response.status_code == 401
 
 
 async def test_optional_mode(guard: Any, make_client: MakeClient, issued: IssuedKey) -> None:

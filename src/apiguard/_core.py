@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol, TypedDict
 
 from starlette.authentication import AuthCredentials
+from starlette.middleware.cors import CORSMiddleware
 
 from apiguard._challenge import ErrorResponder, ErrorResponseHook
 from apiguard.exceptions import (
@@ -102,7 +103,15 @@ class AuthMiddleware:
             HEAD is GET without the content (RFC 9110 §9.3.2), and Starlette
             answers it with the GET endpoint: `"GET"` covers HEAD too, and `"HEAD"`
             without `"GET"` is a `ConfigurationError`.
-        allow_preflight: Let CORS preflight requests through without credentials.
+        allow_preflight: Pass CORS preflights (`OPTIONS` with `Origin` and
+            `Access-Control-Request-Method`) without credentials to a Starlette
+            `CORSMiddleware` directly inside this middleware, which answers them
+            without calling the app; any other inner app is a `ConfigurationError`,
+            since a preflight must never run application code unauthenticated.
+            Off by default: preflights need credentials like any request. The
+            usual setup instead puts `CORSMiddleware` outside apiguard (added
+            after it), where it answers preflights before they arrive and adds
+            its headers to apiguard's refusals.
         optional: A request without credentials gets the anonymous principal instead
             of a 401; a bad credential is still refused.
         hide_credentials: Remove the credential from the request before the app sees it.
@@ -124,7 +133,7 @@ class AuthMiddleware:
         realm: str | None = "api",
         exclude_paths: Collection[str] = (),
         exclude_methods: Collection[str] = (),
-        allow_preflight: bool = True,
+        allow_preflight: bool = False,
         optional: bool = False,
         hide_credentials: bool = False,
         problem_details: bool = False,
@@ -139,6 +148,12 @@ class AuthMiddleware:
         for path in exclude_paths:
             if not path.startswith("/"):
                 raise ConfigurationError(f"excluded paths start with '/': {path!r}")
+        if allow_preflight and not isinstance(app, CORSMiddleware):
+            raise ConfigurationError(
+                "allow_preflight=True needs Starlette's CORSMiddleware directly inside this"
+                " middleware, to answer preflights without running the app; or add"
+                " CORSMiddleware after apiguard (outermost) and leave allow_preflight off"
+            )
         if retry_after < 0:
             raise ConfigurationError("retry_after cannot be negative")
         self.app = app
@@ -175,7 +190,7 @@ class AuthMiddleware:
             await self._refuse(exc, self._authenticators[0], scope, receive, send)
             return
         if passes or (
-            scope.get("method") == "OPTIONS" and self._allow_preflight and _is_preflight(scope)
+            self._allow_preflight and scope.get("method") == "OPTIONS" and _is_preflight(scope)
         ):
             scope.setdefault("user", ANONYMOUS)
             scope.setdefault("auth", _ANONYMOUS_GRANT[1])
@@ -254,6 +269,7 @@ class AuthMiddleware:
 
 
 def _is_preflight(scope: Scope) -> bool:
-    # A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method.
+    # A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method, the
+    # test CORSMiddleware applies before answering a request itself.
     names = {name for name, _ in scope["headers"]}
     return b"origin" in names and b"access-control-request-method" in names
