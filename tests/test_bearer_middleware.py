@@ -283,6 +283,19 @@ async def test_hide_credentials(counting: CountingIntrospector, make_client: Mak
     assert response.json()["has_authorization"] is False
 
 
+async def test_hide_credentials_on_excluded_paths(
+    counting: CountingIntrospector, make_client: MakeClient
+) -> None:
+    """The app never sees the token, on a path that needs none too."""
+    guarded = BearerTokenMiddleware(
+        make_app(), introspector=counting, hide_credentials=True, exclude_paths=["/"]
+    )
+    async with make_client(guarded) as client:
+        response = await client.get("/", headers=bearer("good-token"))
+    assert response.json()["kind"] == "anonymous"
+    assert response.json()["has_authorization"] is False
+
+
 def test_websocket_with_a_bearer_token(counting: CountingIntrospector) -> None:
     from starlette.routing import WebSocketRoute
     from starlette.testclient import TestClient, WebSocketDenialResponse

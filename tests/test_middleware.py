@@ -315,6 +315,50 @@ async def test_hide_credentials_removes_the_key_before_the_app(
     assert by_query.json()["query"] == "page=2"
 
 
+@pytest.mark.parametrize(("method", "path"), [("GET", "/health"), ("POST", "/")])
+async def test_hide_credentials_on_excluded_requests(
+    guard: Any, make_client: MakeClient, issued: IssuedKey, method: str, path: str
+) -> None:
+    """Excluded paths and methods pass without a check, and without the key too."""
+    app = guard(
+        hide_credentials=True,
+        query_param="api_key",
+        exclude_paths=["/health"],
+        exclude_methods=["POST"],
+    )
+    async with make_client(app) as client:
+        response = await client.request(
+            method, path, params={"api_key": issued.key, "page": "2"}, headers={"X-API-Key": "k"}
+        )
+    assert response.json()["authenticated"] is False
+    assert "x-api-key" not in response.json()["headers"]
+    assert response.json()["query"] == "page=2"
+
+
+async def test_hide_credentials_on_preflights(
+    key_store: FlakyStore, hasher: KeyHasher, issued: IssuedKey
+) -> None:
+    inner = CORSMiddleware(make_app(), allow_origins=["https://app.example"])
+    guarded = APIKeyMiddleware(
+        inner, store=key_store, hasher=hasher, allow_preflight=True, hide_credentials=True
+    )
+    scope: Scope = {
+        "type": "http",
+        "method": "OPTIONS",
+        "path": "/",
+        "root_path": "",
+        "headers": [
+            (b"origin", b"https://app.example"),
+            (b"access-control-request-method", b"GET"),
+            (b"x-api-key", issued.key.encode()),
+        ],
+        "query_string": b"",
+    }
+    sent = await call_directly(guarded, scope)
+    assert sent[0]["status"] == 200
+    assert [name for name, _ in scope["headers"]] == [b"origin", b"access-control-request-method"]
+
+
 async def test_credentials_are_kept_by_default(
     client: httpx.AsyncClient, issued: IssuedKey
 ) -> None:

@@ -114,7 +114,9 @@ class AuthMiddleware:
             its headers to apiguard's refusals.
         optional: A request without credentials gets the anonymous principal instead
             of a 401; a bad credential is still refused.
-        hide_credentials: Remove the credential from the request before the app sees it.
+        hide_credentials: Remove the credential from the request before the app sees it,
+            on every request passed to the app: excluded paths, methods and
+            preflights included.
         problem_details: Send RFC 9457 `application/problem+json` bodies.
         retry_after: Seconds in the `Retry-After` header of a 503.
         error_response: `hook(connection, error) -> Response` (sync or async) to build
@@ -194,6 +196,9 @@ class AuthMiddleware:
         ):
             scope.setdefault("user", ANONYMOUS)
             scope.setdefault("auth", _ANONYMOUS_GRANT[1])
+            if self._hide:  # unchecked, but still never shown to the app
+                for each in self._authenticators:
+                    each.strip(scope)
             await self.app(scope, receive, send)
             return
 
