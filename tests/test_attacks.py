@@ -89,6 +89,10 @@ ATTACKS: list[Any] = [
     pytest.param(
         [(b"authorization", b"Bearer x"), (b"authorization", b"Bearer y")], 400, id="two-tokens"
     ),
+    pytest.param(
+        [(b"authorization", b"Bearer x"), (b"authorization", b"Bearer x")], 400, id="token-twice"
+    ),
+    pytest.param([(b"x-api-key", b"k"), (b"x-api-key", b"k")], 400, id="key-twice"),
     pytest.param([(b"x-api-key", b"\xff" * 64)], 401, id="non-ascii-key"),
     pytest.param([(b"x-api-key", b"apg_" + b"A" * 100_000)], 401, id="huge-key"),
     pytest.param([(b"x-api-key", b"k"), (b"authorization", b"Bearer t")], 400, id="key-and-token"),

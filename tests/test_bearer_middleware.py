@@ -184,6 +184,20 @@ async def test_malformed_requests(
     assert 'Bearer realm="api", error="invalid_request"' in response.headers["www-authenticate"]
 
 
+@pytest.mark.parametrize("second", ["same-token", "basic"])
+async def test_two_authorization_headers_are_a_bad_request(
+    jwt_client: httpx.AsyncClient, second: str
+) -> None:
+    """RFC 9110 §5.3: Authorization is a singleton field; RFC 6750 §3.1: invalid_request."""
+    token = mint()
+    other = f"Bearer {token}" if second == "same-token" else "Basic dXNlcjpwYXNz"
+    response = await jwt_client.get(
+        "/", headers=[("Authorization", f"Bearer {token}"), ("Authorization", other)]
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
 async def test_resource_metadata_in_every_challenge(
     counting: CountingIntrospector, make_client: MakeClient
 ) -> None:

@@ -218,14 +218,33 @@ async def test_two_different_keys_are_a_bad_request(
     assert 'error="invalid_request"' in response.headers["www-authenticate"]
 
 
-async def test_the_same_key_twice_is_fine(
-    guard: Any, make_client: MakeClient, issued: IssuedKey
+@pytest.mark.parametrize(
+    ("headers", "query"),
+    [
+        pytest.param([("X-API-Key", "{key}"), ("X-API-Key", "{key}")], [], id="same-header-twice"),
+        pytest.param([("X-API-Key", "{key}"), ("X-Other-Key", "{key}")], [], id="two-headers"),
+        pytest.param([("X-API-Key", "{key}")], [("api_key", "{key}")], id="header-and-query"),
+        pytest.param([], [("api_key", "{key}"), ("api_key", "{key}")], id="query-twice"),
+    ],
+)
+async def test_the_same_key_twice_is_a_bad_request(
+    guard: Any,
+    make_client: MakeClient,
+    issued: IssuedKey,
+    headers: list[tuple[str, str]],
+    query: list[tuple[str, str]],
 ) -> None:
-    async with make_client(guard(header_names=["X-API-Key", "X-Other-Key"])) as client:
+    """A key is sent once: a repeated one is a 400 too, as for Authorization (RFC 9110 §5.3)."""
+    app = guard(header_names=["X-API-Key", "X-Other-Key"], query_param="api_key")
+    key = issued.key
+    async with make_client(app) as client:
         response = await client.get(
-            "/", headers=[("X-API-Key", issued.key), ("X-Other-Key", issued.key)]
+            "/",
+            headers=[(name, value.format(key=key)) for name, value in headers],
+            params=[(name, value.format(key=key)) for name, value in query],
         )
-    assert response.status_code == 200
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
 
 
 @pytest.mark.parametrize(

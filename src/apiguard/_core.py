@@ -84,8 +84,8 @@ class AuthMiddleware:
     `app.add_middleware(AuthMiddleware, authenticators=[APIKeyAuth(...), BearerAuth(...)])`
 
     The request's credential is found by the authenticators, in order. A request
-    may carry only one: two different credentials are a 400 `invalid_request`, so a
-    bad credential is never skipped in favour of another. The one found is checked;
+    may carry only one, once: two credentials, or one sent twice, are a 400
+    `invalid_request`, so a bad credential is never skipped in favour of another. The one found is checked;
     a refusal is final. `APIKeyMiddleware` and `BearerTokenMiddleware` are this
     middleware with one authenticator.
 

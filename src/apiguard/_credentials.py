@@ -34,18 +34,21 @@ def header_names(names: Collection[str]) -> frozenset[bytes]:
 
 
 def read_headers(scope: Scope, names: frozenset[bytes]) -> bytes | None:
-    """The one value sent in any of the headers `names`; the same value repeated is fine.
+    """The value of the one header among `names` the request carries.
+
+    A credential is sent once: `Authorization` is a singleton field (RFC 9110 §5.3)
+    and several tokens are an `invalid_request` (RFC 6750 §3.1), even the same one
+    twice; API-key headers follow the same rule.
 
     Raises:
-        InvalidRequest: Two different values were sent.
+        InvalidRequest: Two such headers were sent, whatever their values.
     """
     found: bytes | None = None
     for name, value in scope["headers"]:
         if name in names:
-            if found is None:
-                found = value
-            elif value != found:
-                raise InvalidRequest(reason="two different credentials")
+            if found is not None:
+                raise InvalidRequest(reason="credential sent twice")
+            found = value
     return found
 
 
@@ -54,12 +57,12 @@ def read_query(scope: Scope, param: str) -> bytes | None:
     query: bytes = scope.get("query_string", b"")
     if param.encode() not in query:  # cheap test before parsing
         return None
-    values = {
+    values = [
         v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == param
-    }
+    ]
     if len(values) > 1:
-        raise InvalidRequest(reason="two different credentials")
-    return values.pop().encode("latin-1") if values else None
+        raise InvalidRequest(reason="credential sent twice")
+    return values[0].encode("latin-1") if values else None
 
 
 def read_headers_or_query(scope: Scope, names: frozenset[bytes], param: str) -> bytes | None:
@@ -67,8 +70,8 @@ def read_headers_or_query(scope: Scope, names: frozenset[bytes], param: str) -> 
     found = read_headers(scope, names)
     in_query = read_query(scope, param)
     if in_query is not None:
-        if found is not None and found != in_query:
-            raise InvalidRequest(reason="two different credentials")
+        if found is not None:
+            raise InvalidRequest(reason="credential sent twice")
         found = in_query
     return found
 
@@ -81,7 +84,7 @@ def read_bearer(scope: Scope) -> bytes | None:
     the verifier, once per token, not here on every request.
 
     Raises:
-        InvalidRequest: Two different Authorization headers, or `Bearer` with no token.
+        InvalidRequest: Two Authorization headers, or `Bearer` with no token.
     """
     value = read_headers(scope, AUTHORIZATION)
     if value is None:

@@ -87,7 +87,7 @@ class AuthError(ApiGuardError):
 
 
 class InvalidRequest(AuthError):
-    """The request is malformed, for example it carries two different credentials."""
+    """The request is malformed, for example it carries two credentials."""
 
     status_code = 400
     error = "invalid_request"

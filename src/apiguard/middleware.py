@@ -27,8 +27,8 @@ class APIKeyMiddleware(AuthMiddleware):
     `scope["auth"]` an `AuthCredentials` with the key's scopes. Refusals: no key,
     401 with `WWW-Authenticate: ApiKey realm="api"`; a malformed, unknown, wrong,
     expired or revoked key, 401 with `error="invalid_key"` (which of these is not
-    said); two different keys, 400 `invalid_request`; a store that cannot be
-    reached, 503 with `Retry-After`.
+    said); two keys, or one sent twice, 400 `invalid_request`; a store that
+    cannot be reached, 503 with `Retry-After`.
 
     Takes the arguments of `APIKeyAuth` (`store`, `pepper`, `hasher`,
     `header_names`, `query_param`, `prefixes`, `cache`) and the options of
