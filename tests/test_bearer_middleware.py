@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -308,6 +309,18 @@ async def test_hide_credentials_on_excluded_paths(
         response = await client.get("/", headers=bearer("good-token"))
     assert response.json()["kind"] == "anonymous"
     assert response.json()["has_authorization"] is False
+
+
+async def test_token_claims_cannot_forge_log_records(
+    counting: CountingIntrospector, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subject is the authorization server's to choose; logged, it stays on one line."""
+    caplog.set_level(logging.DEBUG, logger="apiguard")
+    counting.answers["t"] = active(subject="svc\nrefused status=401")
+    async with make_client(BearerTokenMiddleware(make_app(), introspector=counting)) as client:
+        assert (await client.get("/", headers=bearer("t"))).status_code == 200
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message == "allowed kind=bearer id=svc\\nrefused status=401 path=/"
 
 
 def test_websocket_with_a_bearer_token(counting: CountingIntrospector) -> None:

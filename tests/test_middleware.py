@@ -218,6 +218,22 @@ async def test_two_different_keys_are_a_bad_request(
     assert 'error="invalid_request"' in response.headers["www-authenticate"]
 
 
+async def test_request_values_cannot_forge_log_records(
+    client: httpx.AsyncClient, issued: IssuedKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A path with %0A arrives decoded, as a line feed: logged escaped, on one line."""
+    caplog.set_level(logging.DEBUG, logger="apiguard")
+    forged = "%0Arefused status=200 reason=forged%0D%0Aok%E2%80%A8ok"
+    await client.get(f"/x{forged}")
+    await client.get(f"/y{forged}", headers={"X-API-Key": issued.key})
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    for message in messages:
+        assert message.isprintable(), message
+    assert messages[0].endswith("path=/x\\nrefused status=200 reason=forged\\r\\nok\\u2028ok")
+    assert messages[1].startswith(f"allowed kind=api_key id={issued.record.key_id} path=/y\\n")
+
+
 @pytest.mark.parametrize(
     ("headers", "query"),
     [

@@ -235,7 +235,10 @@ class AuthMiddleware:
         if logger.isEnabledFor(logging.DEBUG):
             principal = grant[0]
             logger.debug(
-                "allowed kind=%s id=%s path=%s", principal.kind, principal.identity, scope["path"]
+                "allowed kind=%s id=%s path=%s",
+                principal.kind,
+                _loggable(principal.identity),
+                _loggable(scope["path"]),
             )
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
@@ -258,19 +261,27 @@ class AuthMiddleware:
         send: Send,
     ) -> None:
         if isinstance(exc, AuthError):
-            logger.info(
-                "refused status=%d reason=%s id=%s path=%s",
-                exc.status_code,
-                exc.reason,
-                exc.credential_id or "-",
-                scope["path"],
-            )
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "refused status=%d reason=%s id=%s path=%s",
+                    exc.status_code,
+                    _loggable(exc.reason),
+                    _loggable(exc.credential_id or "-"),
+                    _loggable(scope["path"]),
+                )
         elif isinstance(exc, BackendUnavailableError):
-            logger.error("refused status=503 reason=backend unavailable (%s)", exc)
+            logger.error("refused status=503 reason=backend unavailable (%s)", _loggable(exc))
         else:
-            logger.error("refused status=503 reason=configuration error (%s)", exc)
+            logger.error("refused status=503 reason=configuration error (%s)", _loggable(exc))
             exc = BackendUnavailableError(str(exc))
         await self._responder.deny(exc, authenticator.scheme, scope, receive, send)
+
+
+def _loggable(value: object) -> str:
+    # Request data (a path with a decoded %0A, a token's subject) must not start a new
+    # log record: line breaks and other unprintable characters are backslash-escaped.
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _is_preflight(scope: Scope) -> bool:
