@@ -188,6 +188,43 @@ async def test_revoke_during_a_lookup_is_not_undone_by_it(
     assert counting.gets == 2  # the first result was not cached
 
 
+async def test_a_request_after_a_revoke_never_joins_a_lookup_from_before_it(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    """A request that starts after `revoke()` returned is refused, even while a lookup
+    that read the key before the revoke is still in flight for the same key."""
+    manager = KeyManager(counting, hasher)
+    issued = await manager.create("a")
+    key = issued.key.encode()
+    read, release = anyio.Event(), anyio.Event()
+
+    async def read_then_wait(key_id: str) -> KeyRecord | None:
+        record = await MemoryKeyStore.get(counting, key_id)  # read before the revoke
+        read.set()
+        await release.wait()
+        return record
+
+    counting.get = read_then_wait  # type: ignore[method-assign]
+    outcomes: dict[str, str] = {}
+
+    async def request(name: str) -> None:
+        try:
+            await verifier.verify(key)
+        except InvalidCredentials as exc:
+            outcomes[name] = exc.reason
+        else:
+            outcomes[name] = "granted"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request, "before")
+        await read.wait()
+        await manager.revoke(issued.record.key_id)
+        tg.start_soon(request, "after")
+        await anyio.sleep(0.01)  # "after" is now waiting, not sharing "before"'s lookup
+        release.set()
+    assert outcomes == {"before": "granted", "after": "revoked"}
+
+
 async def test_cache_never_outlives_the_key(counting: CountingStore, hasher: KeyHasher) -> None:
     verifier = KeyVerifier(counting, hasher, cache=CacheOptions(ttl=3600))
     issued = await KeyManager(counting, hasher).create("a", expires_in=timedelta(seconds=0.3))

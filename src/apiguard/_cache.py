@@ -158,8 +158,10 @@ class VerdictCache(Generic[K, V]):
     """Verdicts on credentials: grants for `ttl`, refusal reasons for `negative_ttl`.
 
     Keys are digests of credentials, never credentials. Concurrent misses for one key
-    share one `fill`. A fill that started before an `invalidate` does not store its
-    verdict, so an in-flight request cannot undo a revoke.
+    share one `fill`, but only among requests that began between the same two
+    invalidations: a fill that started before an `invalidate` neither stores its
+    verdict nor answers a request that began after it, so nothing in flight can
+    undo a revoke.
     """
 
     __slots__ = ("_clock", "_flight", "_generation", "negative", "options", "positive")
@@ -168,7 +170,7 @@ class VerdictCache(Generic[K, V]):
         self.options = options
         self.positive: TTLCache[K, V] = TTLCache(options.max_size)
         self.negative: TTLCache[K, str] = TTLCache(options.max_size)
-        self._flight: SingleFlight[K, V] = SingleFlight()
+        self._flight: SingleFlight[tuple[K, int], V] = SingleFlight()
         self._clock = clock
         self._generation = 0
 
@@ -203,6 +205,12 @@ class VerdictCache(Generic[K, V]):
         if generation == self._generation:
             self.negative.set(key, reason, self._clock() + self.options.negative_ttl, tag)
 
-    async def fill(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
-        """`await fn()`, shared with concurrent callers for the same key."""
-        return await self._flight.run(key, fn)
+    async def fill(self, key: K, fn: Callable[[int], Awaitable[V]]) -> V:
+        """`await fn(generation)`, shared with concurrent callers for the same key.
+
+        `fn` gets the generation the caller saw on arrival; it passes it back to
+        `allow`/`refuse`. Callers that arrive after an invalidation start a new
+        fill rather than join one that may have read the state before it.
+        """
+        generation = self._generation
+        return await self._flight.run((key, generation), lambda: fn(generation))

@@ -87,10 +87,9 @@ class KeyVerifier:
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
             raise InvalidCredentials(reason=reason)
-        return await verdicts.fill(digest, lambda: self._lookup(raw, digest))
+        return await verdicts.fill(digest, lambda generation: self._lookup(raw, digest, generation))
 
-    async def _lookup(self, raw: bytes, digest: bytes) -> Grant:
-        generation = self._verdicts.generation
+    async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
         try:
             parsed = parse_key(raw.decode("ascii"), self._prefixes)
         except UnicodeDecodeError:

@@ -70,10 +70,9 @@ class TokenVerifier:
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
             raise InvalidToken(reason=reason)
-        return await verdicts.fill(digest, lambda: self._lookup(raw, digest))
+        return await verdicts.fill(digest, lambda generation: self._lookup(raw, digest, generation))
 
-    async def _lookup(self, raw: bytes, digest: bytes) -> Grant:
-        generation = self._verdicts.generation
+    async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
         if not _B64TOKEN.fullmatch(raw):
             raise InvalidToken(reason="malformed")
         try:
