@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -150,9 +151,25 @@ async def test_query_and_body_tokens_are_ignored(jwt_client: httpx.AsyncClient) 
     assert response.headers["www-authenticate"] == BARE
 
 
+def _deeply_nested_header() -> str:
+    import base64
+
+    header = base64.urlsafe_b64encode(b'{"alg":' + b"[" * 2500 + b"]" * 2500 + b"}")
+    return header.decode().rstrip("=") + ".e30.c2ln"
+
+
 @pytest.mark.parametrize(
     "token",
-    ["garbage", "a.b.c", "x" * 10_000, "abc$%^", mint(aud="https://other.example"), mint(exp=1)],
+    [
+        "garbage",
+        "a.b.c",
+        "x" * 10_000,
+        "abc$%^",
+        mint(aud="https://other.example"),
+        mint(exp=1),
+        mint(exp=str(int(time.time()) + 300)),  # RFC 7519 §2: a NumericDate is a number
+        _deeply_nested_header(),
+    ],
 )
 async def test_invalid_tokens(jwt_client: httpx.AsyncClient, token: str) -> None:
     """RFC 6750 §3.1: invalid_token with 401."""

@@ -158,6 +158,26 @@ async def test_leeway_allows_small_clock_skew(introspector: JWTIntrospector) -> 
     assert (await introspector.introspect(mint(exp=int(time.time()) - 10))).active
 
 
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+async def test_time_claims_must_be_numbers(introspector: JWTIntrospector, claim: str) -> None:
+    """RFC 7519 §2 and §4.1.4: a NumericDate is a JSON number; PyJWT would take "123"."""
+    import time
+
+    value = str(int(time.time()) + (300 if claim == "exp" else 0))
+    assert await refused(introspector, mint(**{claim: value})) == "malformed time claim"
+
+
+async def test_deeply_nested_header_is_an_invalid_token(
+    introspector: JWTIntrospector, idp: FakeIssuer
+) -> None:
+    """RFC 7515 §4: the JOSE header is a JSON object; nesting too deep to parse is refused
+    as malformed (401), not an error (503)."""
+    header = b'{"alg":' + b"[" * 2500 + b"]" * 2500 + b"}"
+    token = f"{b64(header)}.e30.c2ln"
+    assert await refused(introspector, token) == "malformed header"
+    assert idp.requests == []
+
+
 @pytest.mark.parametrize("typ", ["JWT", None, "jwt"])
 async def test_typ_must_be_at_jwt_by_default(
     introspector: JWTIntrospector, typ: str | None

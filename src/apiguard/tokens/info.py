@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
+from apiguard.exceptions import InvalidToken
+
 __all__ = ["DEFAULT_SCOPE_CLAIMS", "TokenInfo", "scopes_from_claims"]
 
 DEFAULT_SCOPE_CLAIMS = ("scope", "scp")
@@ -60,8 +62,18 @@ class TokenInfo:
         scope_claims: Collection[str] = DEFAULT_SCOPE_CLAIMS,
         token_type: str | None = None,
     ) -> TokenInfo:
-        """Build an active `TokenInfo` from verified claims (copied, not kept)."""
+        """Build an active `TokenInfo` from verified claims (copied, not kept).
+
+        Raises `InvalidToken` when `exp` or `iat` is not a NumericDate (RFC 7519
+        §2, §4.1.4: a JSON number; `"1700000000"` is not one), since an expiry that
+        cannot be read would let a grant outlive its token.
+        """
         claims = _shared(claims)
+        expires_at, issued_at = _time(claims.get("exp")), _time(claims.get("iat"))
+        if (expires_at is None and claims.get("exp") is not None) or (
+            issued_at is None and claims.get("iat") is not None
+        ):
+            raise InvalidToken(reason="malformed time claim")
         aud = claims.get("aud")
         audience = (
             (aud,) if isinstance(aud, str) else tuple(a for a in aud or () if isinstance(a, str))
@@ -74,8 +86,8 @@ class TokenInfo:
             scopes=scopes_from_claims(claims, scope_claims),
             audience=audience,
             issuer=_str(claims.get("iss")),
-            expires_at=_time(claims.get("exp")),
-            issued_at=_time(claims.get("iat")),
+            expires_at=expires_at,
+            issued_at=issued_at,
             token_type=token_type or _str(claims.get("token_type")),
             cnf=MappingProxyType(dict(cnf)) if isinstance(cnf, Mapping) else None,
             claims=MappingProxyType(claims),

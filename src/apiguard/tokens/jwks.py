@@ -390,8 +390,8 @@ def _segment(token: str, index: int, reason: str) -> dict[str, Any]:
     part = token.split(".", 2)[index]
     try:
         value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode())
-    except (ValueError, binascii.Error) as exc:
-        raise InvalidToken(reason=reason) from exc
+    except (ValueError, binascii.Error, RecursionError):  # RecursionError: deeply nested
+        raise InvalidToken(reason=reason) from None
     if not isinstance(value, dict):
         raise InvalidToken(reason=reason)
     return value
