@@ -57,6 +57,8 @@ def make_app() -> Starlette:
 class CountingIntrospector:
     """Answers from a table after a short pause, counting calls."""
 
+    leeway = 0.0  # exp is checked exactly
+
     def __init__(self) -> None:
         self.calls = 0
         self.down = False
@@ -268,6 +270,35 @@ async def test_concurrent_requests_with_a_new_token_make_one_call(
                 tg.start_soon(call)
     assert statuses == [200] * 200
     assert counting.calls == 1
+
+
+async def test_leeway_is_one_rule_end_to_end(jwt_client: httpx.AsyncClient) -> None:
+    """A JWT the validator accepts within its leeway (30 s past exp) is not refused by the
+    cache, and is refused past it."""
+    now = int(time.time())
+    assert (await jwt_client.get("/", headers=bearer(mint(exp=now - 10)))).status_code == 200
+    assert (await jwt_client.get("/", headers=bearer(mint(exp=now - 10)))).status_code == 200
+    assert (await jwt_client.get("/", headers=bearer(mint(exp=now - 40)))).status_code == 401
+
+
+async def test_cached_grant_ends_with_the_leeway(make_client: MakeClient) -> None:
+    class Lenient(CountingIntrospector):
+        leeway = 1.0
+
+    introspector = Lenient()
+    introspector.answers["short"] = active(
+        expires_at=datetime.now(timezone.utc) + timedelta(seconds=0.5)
+    )
+    guarded = BearerTokenMiddleware(
+        make_app(), introspector=introspector, cache=CacheOptions(ttl=3600)
+    )
+    async with make_client(guarded) as client:
+        assert (await client.get("/", headers=bearer("short"))).status_code == 200
+        await anyio.sleep(0.7)  # past exp, within the leeway: still the cached grant
+        assert (await client.get("/", headers=bearer("short"))).status_code == 200
+        assert introspector.calls == 1
+        await anyio.sleep(1.0)
+        assert (await client.get("/", headers=bearer("short"))).status_code == 401
 
 
 async def test_cached_grant_ends_with_the_token(

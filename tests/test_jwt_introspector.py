@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -113,14 +114,92 @@ async def test_metadata_naming_another_issuer_is_refused(idp: FakeIssuer) -> Non
             await introspector.introspect(mint())
 
 
-async def test_unreachable_issuer_is_503_and_retried(idp: FakeIssuer) -> None:
+async def test_unreachable_issuer_is_503_then_backed_off_then_retried(
+    idp: FakeIssuer, clock: FakeClock
+) -> None:
     idp.down = True
     async with idp.client() as client:
-        introspector = JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=client)
+        introspector = JWTIntrospector.from_issuer(
+            ISSUER, audience=AUDIENCE, http_client=client, clock=clock
+        )
         with pytest.raises(BackendUnavailableError):
             await introspector.introspect(mint())
+        asked = len(idp.requests)  # RFC 8414 metadata, then OpenID Connect's
         idp.down = False
+        with pytest.raises(BackendUnavailableError, match="backing off"):
+            await introspector.introspect(mint())
+        assert len(idp.requests) == asked  # not asked again at once
+        clock.now += 1  # the first delay is at most 1 s
         assert (await introspector.introspect(mint())).active
+
+
+async def test_an_outage_is_not_amplified_by_traffic(idp: FakeIssuer, clock: FakeClock) -> None:
+    """200 requests, at once and one after another, against a failing server: one fetch."""
+    idp.down = True
+    async with idp.client() as client:
+        introspector = JWTIntrospector.from_issuer(
+            ISSUER, audience=AUDIENCE, http_client=client, clock=clock
+        )
+
+        async def request() -> None:
+            with pytest.raises(BackendUnavailableError):
+                await introspector.introspect(mint())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(request)
+        for _ in range(100):
+            await request()
+        assert introspector.key_fetches(ISSUER) == 1
+        delays = []
+        for _ in range(8):  # each failure waits longer, up to 30 s, never less than half
+            before = introspector.key_fetches(ISSUER)
+            waited = 0.0
+            while introspector.key_fetches(ISSUER) == before:
+                clock.now += 0.25
+                waited += 0.25
+                await request()
+            delays.append(waited)
+        assert delays[0] <= 2.25
+        assert all(later >= earlier / 2 - 0.25 for earlier, later in zip(delays, delays[1:]))
+        assert 15 <= delays[-1] <= 30.25
+
+
+async def test_expired_keys_during_an_outage_are_not_refetched_per_request(
+    introspector: JWTIntrospector, idp: FakeIssuer, clock: FakeClock
+) -> None:
+    await introspector.introspect(mint())
+    idp.down = True
+    clock.now += 300 + 3600 + 1  # past the TTL and max_stale
+    for _ in range(50):
+        with pytest.raises(BackendUnavailableError):
+            await introspector.introspect(mint())
+    assert introspector.key_fetches(ISSUER) == 2
+
+
+async def test_a_slow_key_set_is_cut_off_by_the_deadline() -> None:
+    """A server that sends one byte at a time cannot hold a request past `deadline`."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        while True:
+            yield b" "
+            await anyio.sleep(0.05)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jwks":
+            return httpx.Response(200, content=trickle())
+        await anyio.sleep(60)  # never answers
+        raise AssertionError
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        for options in ({"jwks_uri": f"{ISSUER}/jwks"}, {}):  # trickling JWKS, silent discovery
+            introspector = JWTIntrospector.from_issuer(
+                ISSUER, audience=AUDIENCE, http_client=client, deadline=0.3, **options
+            )
+            started = anyio.current_time()
+            with pytest.raises(BackendUnavailableError, match="no answer within 0.3 s"):
+                await introspector.introspect(mint())
+            assert anyio.current_time() - started < 3
 
 
 @pytest.mark.parametrize(
@@ -156,6 +235,7 @@ async def test_leeway_allows_small_clock_skew(introspector: JWTIntrospector) -> 
     import time
 
     assert (await introspector.introspect(mint(exp=int(time.time()) - 10))).active
+    assert introspector.leeway == 30
 
 
 @pytest.mark.parametrize("claim", ["exp", "iat"])
@@ -241,6 +321,42 @@ async def test_unknown_kid_triggers_one_refetch_then_finds_rotated_key(
     clock.now += 31  # past the refresh cooldown
     assert (await introspector.introspect(mint(RSA_KEY_2, kid="rsa-2"))).active
     assert idp.jwks_fetches == 2
+
+
+async def test_rotation_right_after_the_first_fetch_is_seen(
+    introspector: JWTIntrospector, idp: FakeIssuer
+) -> None:
+    """The cooldown counts from refetches for unknown kids, not from the first fetch."""
+    await introspector.introspect(mint())
+    idp.keys.append(public_jwk(RSA_KEY_2, "rsa-2"))
+    assert (await introspector.introspect(mint(RSA_KEY_2, kid="rsa-2"))).active
+    assert idp.jwks_fetches == 2
+
+
+async def test_unknown_kid_is_not_remembered_past_the_cooldown(
+    idp: FakeIssuer, clock: FakeClock
+) -> None:
+    """A token refused for its kid is checked again once a refetch could find the key."""
+    from apiguard import CacheOptions
+    from apiguard.tokens import TokenVerifier
+
+    async with idp.client() as client:
+        introspector = JWTIntrospector.from_issuer(
+            ISSUER, audience=AUDIENCE, http_client=client, clock=clock
+        )
+        verifier = TokenVerifier(introspector, cache=CacheOptions(negative_ttl=300), clock=clock)
+        await verifier.verify(mint().encode())
+        early = mint(RSA_KEY_2, kid="rsa-2")
+        with pytest.raises(InvalidToken):
+            await verifier.verify(early.encode())  # refetched: not published yet
+        idp.keys.append(public_jwk(RSA_KEY_2, "rsa-2"))
+        clock.now += 10
+        with pytest.raises(InvalidToken):
+            await verifier.verify(early.encode())  # within the cooldown
+        clock.now += 21  # the cooldown is over: a refetch may find it now
+        principal, _ = await verifier.verify(early.encode())
+        assert principal.client_id == "client-123"
+        assert idp.jwks_fetches == 3
 
 
 async def test_forged_kid_flood_is_rate_limited(

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
+import anyio
 import httpx
 import pytest
 
@@ -133,17 +135,122 @@ async def test_audience_in_a_list_and_lower_case_token_type() -> None:
     assert (await introspector(Endpoint(json_answer(**answer))).introspect("t")).active
 
 
-@pytest.mark.parametrize("status", [400, 401, 403])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, "invalid_client"), (401, "invalid_client"), (403, None), (404, None), (405, None)],
+)
 async def test_endpoint_refusing_our_credentials_is_503_and_loud(
-    status: int, caplog: pytest.LogCaptureFixture
+    status: int, error: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """RFC 7662 §2.3: a refusal of the API's own credentials is a misconfiguration, not a 401."""
-    endpoint = Endpoint(lambda request: httpx.Response(status, json={"error": "invalid_client"}))
+    body = {"error": error} if error else {}
+    endpoint = Endpoint(lambda request: httpx.Response(status, json=body))
     with pytest.raises(BackendUnavailableError):
         await introspector(endpoint).introspect("t")
     assert len(endpoint.requests) == 1  # not retried
     assert "refused this API's request" in caplog.text
     assert CLIENT_SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        (httpx.Response(400, json={"error": "invalid_request"}), "introspection: invalid_request"),
+        (
+            httpx.Response(400, json={"error": "unsupported_token_type"}),
+            "introspection: unsupported_token_type",
+        ),
+        (httpx.Response(400, content=b"<html>bad request</html>"), "introspection: rejected"),
+        (httpx.Response(400, json={"error": "x\nforged log line"}), "introspection: rejected"),
+        (httpx.Response(413), "introspection: rejected"),
+    ],
+)
+async def test_a_request_refused_for_its_token_is_an_invalid_token(
+    response: httpx.Response, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 7662 §2.3: only 401 and 403 say the API's own credentials failed; a 400 about
+    the token means the token is not valid here (401 invalid_token), quietly."""
+    endpoint = Endpoint(lambda request: response)
+    remote = introspector(endpoint)
+    for _ in range(3):  # and no backoff: the server is fine
+        with pytest.raises(InvalidToken) as info:
+            await remote.introspect("t")
+        assert info.value.reason == reason
+    assert len(endpoint.requests) == 3  # never retried
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_tokens_larger_than_the_limit_are_refused_without_a_call() -> None:
+    endpoint = Endpoint(json_answer(**active_answer()))
+    remote = introspector(endpoint)
+    with pytest.raises(InvalidToken) as info:
+        await remote.introspect("a" * 60_000)
+    assert info.value.reason == "token too large"
+    assert (await introspector(endpoint, max_token_size=70_000).introspect("a" * 60_000)).active
+    assert len(endpoint.requests) == 1
+
+
+async def test_a_failing_endpoint_is_backed_off(caplog: pytest.LogCaptureFixture) -> None:
+    """After a failure, calls fail at once for a short time: 100 requests, 2 calls (1 retry)."""
+    endpoint = Endpoint(lambda request: httpx.Response(503))
+    remote = introspector(endpoint)
+    for _ in range(100):
+        with pytest.raises(BackendUnavailableError):
+            await remote.introspect("t")
+    assert len(endpoint.requests) == 2
+
+    misconfigured = Endpoint(lambda request: httpx.Response(401))
+    remote = introspector(misconfigured)
+    for _ in range(100):
+        with pytest.raises(BackendUnavailableError):
+            await remote.introspect("t")
+    assert len(misconfigured.requests) == 1
+    assert caplog.text.count("refused this API's request") == 1
+
+
+async def test_a_slow_endpoint_is_cut_off_by_the_deadline() -> None:
+    """Retries and slow bodies included, one introspection ends within `deadline`."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        while True:
+            yield b" "
+            await anyio.sleep(0.05)
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=trickle())
+
+    remote = RemoteIntrospector(
+        ENDPOINT,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        audience=AUDIENCE,
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(answer)),
+        deadline=0.3,
+    )
+    started = anyio.current_time()
+    with pytest.raises(BackendUnavailableError, match="no answer within 0.3 s"):
+        await remote.introspect("t")
+    assert anyio.current_time() - started < 3
+
+
+async def test_leeway_for_exp() -> None:
+    """The same rule as for JWTs: accepted until exp + leeway (30 s by default)."""
+    now = int(time.time())
+    answer = active_answer(exp=now - 10)
+    assert (await introspector(Endpoint(json_answer(**answer))).introspect("t")).active
+    with pytest.raises(InvalidToken):
+        await introspector(Endpoint(json_answer(**answer)), leeway=0).introspect("t")
+    answer = active_answer(exp=now - 60)
+    with pytest.raises(InvalidToken):
+        await introspector(Endpoint(json_answer(**answer))).introspect("t")
+
+
+async def test_exp_must_be_a_number() -> None:
+    """RFC 7662 §2.2: exp is an integer timestamp; a string cannot bound the cache."""
+    answer = active_answer(exp=str(int(time.time()) + 300))
+    with pytest.raises(InvalidToken) as info:
+        await introspector(Endpoint(json_answer(**answer))).introspect("t")
+    assert info.value.reason == "malformed time claim"
 
 
 def _raise(error: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
@@ -281,6 +388,22 @@ async def test_composite_can_introspect_jwts_for_revocation() -> None:
         endpoint.answer = json_answer(**active_answer())
         assert (await composite.introspect(mint())).client_id == "client-123"  # local claims
         await composite.aclose()
+
+
+async def test_composite_against_a_server_that_cannot_introspect_jwts() -> None:
+    """A 400 unsupported_token_type for a JWT is a refusal (401), not an outage (503)."""
+    idp = FakeIssuer()
+    endpoint = Endpoint(
+        lambda request: httpx.Response(400, json={"error": "unsupported_token_type"})
+    )
+    async with idp.client() as client:
+        local = JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=client)
+        composite = CompositeIntrospector(
+            jwt=local, remote=introspector(endpoint), introspect_jwts=True
+        )
+        with pytest.raises(InvalidToken):
+            await composite.introspect(mint())
+        assert composite.leeway == 30
 
 
 async def test_private_key_jwt_client_assertion() -> None:

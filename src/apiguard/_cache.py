@@ -198,12 +198,26 @@ class VerdictCache(Generic[K, V]):
         if generation != self._generation:
             return
         ttl = self.options.ttl if lifetime is None else min(self.options.ttl, lifetime)
-        self.positive.set(key, value, self._clock() + ttl, tag)
+        if ttl > 0:
+            self.positive.set(key, value, self._clock() + ttl, tag)
 
-    def refuse(self, key: K, reason: str, generation: int, *, tag: Hashable = None) -> None:
-        """Store a refusal for `negative_ttl` seconds."""
-        if generation == self._generation:
-            self.negative.set(key, reason, self._clock() + self.options.negative_ttl, tag)
+    def refuse(
+        self,
+        key: K,
+        reason: str,
+        generation: int,
+        *,
+        tag: Hashable = None,
+        lifetime: float | None = None,
+    ) -> None:
+        """Store a refusal for `negative_ttl` seconds, or `lifetime` if that is shorter."""
+        if generation != self._generation:
+            return
+        ttl = self.options.negative_ttl
+        if lifetime is not None:
+            ttl = min(ttl, lifetime)
+        if ttl > 0:
+            self.negative.set(key, reason, self._clock() + ttl, tag)
 
     async def fill(self, key: K, fn: Callable[[int], Awaitable[V]]) -> V:
         """`await fn(generation)`, shared with concurrent callers for the same key.

@@ -72,6 +72,9 @@ class AuthError(ApiGuardError):
         reason: A finer reason for logs only (for example `"revoked"`); never sent.
         credential_id: A non-secret id of the refused credential (an API key id),
             for logs only, when one is known.
+        remember_for: The longest a verification cache may keep this refusal, in
+            seconds, when that is shorter than its negative TTL (an unknown `kid`
+            that a key set refetch may soon make known); `None` for no limit.
     """
 
     status_code: int = 401
@@ -83,6 +86,7 @@ class AuthError(ApiGuardError):
             self.description = description
         self.reason = reason or self.error or "refused"
         self.credential_id: str | None = None
+        self.remember_for: float | None = None
         super().__init__(self.description)
 
 

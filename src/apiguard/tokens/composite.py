@@ -20,7 +20,9 @@ class CompositeIntrospector:
         remote: Introspects the other tokens (a `RemoteIntrospector`).
         introspect_jwts: Also introspect JWTs after they validate locally, so that
             a revocation at the authorization server is seen (within the cache TTL).
-            Both must accept the token.
+            Both must accept the token: the authorization server must introspect
+            its JWTs (some, oidc-provider among them, answer 400
+            `unsupported_token_type`, and every JWT is then refused with 401).
     """
 
     def __init__(
@@ -29,6 +31,9 @@ class CompositeIntrospector:
         self._jwt = jwt
         self._remote = remote
         self._introspect_jwts = introspect_jwts
+        # The clock skew allowed past `exp`: the smaller of the two, so that a cached
+        # grant never outlives what either would accept.
+        self.leeway = min(float(getattr(i, "leeway", 30.0)) for i in (jwt, remote))
 
     async def introspect(self, token: str) -> TokenInfo:
         """Route `token` to the validator its shape calls for."""

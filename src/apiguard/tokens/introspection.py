@@ -8,24 +8,27 @@ for `exp`, `aud`, `iss` and `token_type`, and scopes are read from its answer.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Collection, Mapping
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Any, Literal, NoReturn
 from urllib.parse import quote_plus
 
 import anyio
 import httpx
 import jwt
 
+from apiguard._backoff import Backoff
 from apiguard._cache import SingleFlight
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.tokens._http import check_url, read_json
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo
-from apiguard.tokens.jwks import DEFAULT_ALGORITHMS
+from apiguard.tokens.jwks import DEFAULT_ALGORITHMS, MAX_TOKEN_SIZE
 
 __all__ = ["ClientAuthMethod", "RemoteIntrospector"]
 
@@ -35,6 +38,9 @@ ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private
 _ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 _BEARER_TYPES = frozenset({"bearer", "access_token"})
 _INACTIVE = TokenInfo(active=False)
+# RFC 6749 §5.2 codes that mean this API's own client authentication failed.
+_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+_TOKEN_ERRORS = frozenset({"invalid_request", "invalid_token", "unsupported_token_type"})
 
 
 def _check_signing_key(key: Any, alg: str) -> None:
@@ -73,8 +79,17 @@ class RemoteIntrospector:
         scope_claims: Members of the answer scopes are read from.
         http_client: The `httpx.AsyncClient` to use; one is made (and closed by
             `aclose()`) if none is given.
-        timeout: Seconds for each introspection call.
+        timeout: Seconds for each step of one HTTP call (connect, each read).
         retries: Extra attempts after a connection error, a timeout or a 5xx.
+        deadline: Seconds one introspection may take in all, discovery and retries
+            included, however slowly the server sends; then the request gets 503.
+            A failed introspection is not retried for a short, growing, jittered
+            time (1 s, then up to 30 s), so an outage is not amplified by this
+            API's traffic.
+        leeway: Seconds of clock skew allowed for an active answer's `exp`. One
+            rule end to end: a token is accepted, and its grant cached, until `exp`
+            + `leeway` and no longer (`TokenVerifier` takes the leeway from here).
+        max_token_size: Longer tokens are refused (401) without a call.
     """
 
     def __init__(
@@ -94,6 +109,9 @@ class RemoteIntrospector:
         private_key: Any = None,
         signing_alg: str = "RS256",
         key_id: str | None = None,
+        deadline: float = 10.0,
+        leeway: float = 30,
+        max_token_size: int = MAX_TOKEN_SIZE,
     ) -> None:
         if endpoint is not None:
             check_url(endpoint, "introspection endpoint")
@@ -112,8 +130,10 @@ class RemoteIntrospector:
             _check_signing_key(private_key, signing_alg)
         elif not client_secret:
             raise ConfigurationError(f"{auth_method} needs client_secret")
-        if retries < 0:
-            raise ConfigurationError("retries cannot be negative")
+        if retries < 0 or leeway < 0:
+            raise ConfigurationError("retries and leeway cannot be negative")
+        if deadline <= 0 or max_token_size < 1:
+            raise ConfigurationError("deadline and max_token_size must be positive")
         self._endpoint = endpoint
         self._issuer = issuer
         self._client_id = client_id
@@ -128,6 +148,11 @@ class RemoteIntrospector:
         self._private_key = private_key
         self._signing_alg = signing_alg
         self._key_id = key_id
+        self._deadline = deadline
+        self._max_size = max_token_size
+        self._backoff = Backoff()
+        self.leeway = leeway
+        self._leeway_delta = timedelta(seconds=leeway)
         self._credentials: dict[str, str] = {}
         self._headers: dict[str, str] = {}
         if auth_method == "client_secret_basic" and client_secret:
@@ -151,9 +176,29 @@ class RemoteIntrospector:
         """Ask about `token`; `TokenInfo(active=False)` for inactive or unacceptable tokens.
 
         Raises:
-            BackendUnavailableError: The endpoint could not be reached, refused this
-                API's credentials, or answered with something other than RFC 7662 JSON.
+            InvalidToken: The token is too large, or the endpoint refused it as a
+                malformed request (HTTP 400 `invalid_request`, ...).
+            BackendUnavailableError: The endpoint could not be reached in time,
+                refused this API's credentials, or answered with something other than
+                RFC 7662 JSON.
         """
+        if len(token) > self._max_size:
+            raise InvalidToken(reason="token too large")
+        self._backoff.check()  # a failing server is not asked again at once
+        try:
+            with anyio.fail_after(self._deadline):
+                answer = await self._ask(token)
+        except TimeoutError:
+            error = BackendUnavailableError(f"introspection: no answer within {self._deadline:g} s")
+            self._backoff.failed(error)
+            raise error from None
+        except BackendUnavailableError as exc:
+            self._backoff.failed(exc)
+            raise
+        self._backoff.succeeded()
+        return self._check(answer)
+
+    async def _ask(self, token: str) -> Mapping[str, Any]:
         endpoint = self._endpoint or await self._discovery.run("endpoint", self._discover)
         form = {"token": token, **self._credentials}
         if self._auth_method == "private_key_jwt":
@@ -161,8 +206,7 @@ class RemoteIntrospector:
             form["client_assertion"] = self._assertion(endpoint)
         if self._hint is not None:
             form["token_type_hint"] = self._hint
-        answer = await self._post(endpoint, form)
-        return self._check(answer)
+        return await self._post(endpoint, form)
 
     def _assertion(self, endpoint: str) -> str:
         # RFC 7523 §3: iss and sub are the client id; a unique jti and a short exp.
@@ -204,21 +248,36 @@ class RemoteIntrospector:
                     if status == 200:
                         return await read_json(response, "introspection")
                     if status < 500:
-                        # RFC 7662 §2.3: our own credentials were refused. That is a
-                        # misconfiguration, never the caller's invalid token.
-                        logger.error(
-                            "introspection endpoint %s refused this API's request (HTTP %d): "
-                            "check client_id, client_secret and auth_method",
-                            endpoint,
-                            status,
-                        )
-                        raise BackendUnavailableError(f"introspection refused: HTTP {status}")
+                        await self._refused(endpoint, response)
                     error = f"introspection: HTTP {status}"
             except httpx.HTTPError as exc:
                 error = f"introspection: {type(exc).__name__}"
             if attempt < self._retries:
                 await anyio.sleep(0.05 * 2**attempt)
         raise BackendUnavailableError(error)
+
+    async def _refused(self, endpoint: str, response: httpx.Response) -> NoReturn:
+        status = response.status_code
+        code = None
+        if status in (400, 413):
+            with contextlib.suppress(BackendUnavailableError):  # no usable JSON body
+                code = (await read_json(response, "introspection error")).get("error")
+            if code not in _CLIENT_ERRORS:
+                # A request the server will not answer for this token (a malformed
+                # or oversized one, an unsupported token type): the token is not
+                # valid here, and saying so (401) is cached like any refusal.
+                reason = code if code in _TOKEN_ERRORS else "rejected"
+                raise InvalidToken(reason=f"introspection: {reason}")
+        # RFC 7662 §2.3: 401 and 403 (and a 400 invalid_client) mean our own
+        # credentials were refused; a 404 or 405, a wrong endpoint: either way a
+        # misconfiguration, never the caller's invalid token.
+        logger.error(
+            "introspection endpoint %s refused this API's request (HTTP %d): "
+            "check the endpoint, client_id, client_secret and auth_method",
+            endpoint,
+            status,
+        )
+        raise BackendUnavailableError(f"introspection refused: HTTP {status}")
 
     def _check(self, answer: Mapping[str, Any]) -> TokenInfo:
         active = answer.get("active")
@@ -232,7 +291,7 @@ class RemoteIntrospector:
         if token_type is not None and str(token_type).lower() not in _BEARER_TYPES:
             # A DPoP-bound or refresh token is not a bearer access token (RFC 9449 §6.2).
             raise InvalidToken(reason="wrong token_type")
-        if info.expires_at is not None and info.expires_at <= utcnow():
+        if info.expires_at is not None and info.expires_at + self._leeway_delta <= utcnow():
             raise InvalidToken(reason="expired")
         if not self._audiences.intersection(info.audience):
             raise InvalidToken(reason="wrong audience")

@@ -18,9 +18,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import jwt
 
+from apiguard._backoff import Backoff
 from apiguard._cache import SingleFlight
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.tokens._http import check_url, get_json
@@ -141,6 +143,7 @@ class _KeySet:
         max_ttl: float,
         refresh_cooldown: float,
         max_stale: float,
+        deadline: float,
         clock: Callable[[], float],
     ) -> None:
         self._issuer = issuer
@@ -149,26 +152,36 @@ class _KeySet:
         self._ttl, self._min_ttl, self._max_ttl = ttl, min_ttl, max_ttl
         self._cooldown = refresh_cooldown
         self._max_stale = max_stale
+        self._deadline = deadline
         self._clock = clock
         self._keys: dict[str | None, list[Mapping[str, Any]]] | None = None
         self._fresh_until = 0.0
         self._usable_until = 0.0
-        self._last_fetch = float("-inf")
+        # Only refetches for unknown kids count towards the cooldown: a rotation
+        # right after a scheduled fetch is still picked up by the first new token.
+        self._last_kid_refetch = float("-inf")
         self._parsed: dict[tuple[int, str], jwt.PyJWK] = {}
         self._flight: SingleFlight[str, None] = SingleFlight()
+        self._backoff = Backoff(clock=clock)
         self.fetches = 0
 
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        now = self._clock()
-        if self._keys is None or now >= self._fresh_until:
+        fetches = self.fetches
+        if self._keys is None or self._clock() >= self._fresh_until:
             await self._refresh_or_keep_stale()
         jwk = self._find(kid, alg)
-        if jwk is None and self._clock() - self._last_fetch >= self._cooldown:
-            # OIDC Core §10.1.1: an unfamiliar kid means the keys may have rotated.
-            await self._flight.run("fetch", self._fetch)
-            jwk = self._find(kid, alg)
+        if jwk is None and self.fetches == fetches:  # keys not fetched for this very call
+            now = self._clock()
+            if now - self._last_kid_refetch >= self._cooldown:
+                # OIDC Core §10.1.1: an unfamiliar kid means the keys may have rotated.
+                self._last_kid_refetch = now
+                await self._flight.run("fetch", self._fetch)
+                jwk = self._find(kid, alg)
         if jwk is None:
-            raise InvalidToken(reason="no key for kid and alg")
+            error = InvalidToken(reason="no key for kid and alg")
+            # Remembered no longer than until the next refetch may find the key.
+            error.remember_for = max(0.0, self._last_kid_refetch + self._cooldown - self._clock())
+            raise error
         cache_key = (id(jwk), alg)
         parsed = self._parsed.get(cache_key)
         if parsed is None:
@@ -200,7 +213,20 @@ class _KeySet:
             )
 
     async def _fetch(self) -> None:
-        self._last_fetch = self._clock()
+        self._backoff.check()  # a failing server is not asked again at once
+        try:
+            with anyio.fail_after(self._deadline):
+                await self._fetch_now()
+        except TimeoutError:
+            error = BackendUnavailableError(f"JWKS: no answer within {self._deadline:g} s")
+            self._backoff.failed(error)
+            raise error from None
+        except BackendUnavailableError as exc:
+            self._backoff.failed(exc)
+            raise
+        self._backoff.succeeded()
+
+    async def _fetch_now(self) -> None:
         self.fetches += 1
         if self._uri is None:
             metadata = await discover(self._client, self._issuer.issuer)
@@ -240,7 +266,9 @@ class JWTIntrospector:
         *issuers: The issuers whose tokens are accepted, each with its own keys.
         http_client: The `httpx.AsyncClient` for discovery and JWKS requests. One is
             made (and closed by `aclose()`) if none is given.
-        leeway: Seconds of clock skew allowed for `exp`, `nbf` and `iat`.
+        leeway: Seconds of clock skew allowed for `exp`, `nbf` and `iat`. One rule
+            end to end: a token is accepted, and its grant cached, until `exp` +
+            `leeway` and no longer (`TokenVerifier` takes the leeway from here).
         max_token_size: Longer tokens are refused unread.
         jwks_ttl: Seconds a key set is used when its response has no `max-age`.
         jwks_min_ttl, jwks_max_ttl: Bounds on a `Cache-Control: max-age`.
@@ -248,6 +276,10 @@ class JWTIntrospector:
             so forged `kid`s cannot flood the authorization server.
         max_stale: Seconds the last good keys stay in use after they expire while the
             key set cannot be fetched; after that, requests get 503.
+        deadline: Seconds one fetch of the metadata and key set may take in all,
+            however slowly the server sends; then the request gets 503. A failed
+            fetch is not retried for a short, growing, jittered time (1 s, then up
+            to 30 s), so an outage is not amplified by this API's traffic.
     """
 
     def __init__(
@@ -261,6 +293,7 @@ class JWTIntrospector:
         jwks_max_ttl: float = 86_400,
         refresh_cooldown: float = 30,
         max_stale: float = 3600,
+        deadline: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not issuers:
@@ -269,7 +302,9 @@ class JWTIntrospector:
             raise ConfigurationError("each issuer may be trusted once")
         self._owns_client = http_client is None
         self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
-        self._leeway = leeway
+        if leeway < 0 or deadline <= 0:
+            raise ConfigurationError("leeway cannot be negative and deadline must be positive")
+        self.leeway = leeway
         self._max_size = max_token_size
         self._issuers: dict[str, tuple[TrustedIssuer, _KeySet]] = {
             issuer.issuer: (
@@ -282,6 +317,7 @@ class JWTIntrospector:
                     max_ttl=jwks_max_ttl,
                     refresh_cooldown=refresh_cooldown,
                     max_stale=max_stale,
+                    deadline=deadline,
                     clock=clock,
                 ),
             )
@@ -343,7 +379,7 @@ class JWTIntrospector:
                 algorithms=[alg],
                 audience=trusted.audiences,
                 issuer=trusted.issuer,
-                leeway=self._leeway,
+                leeway=self.leeway,
                 options={"require": list(trusted.required_claims)},
             )
         except jwt.InvalidTokenError as exc:

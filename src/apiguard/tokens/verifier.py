@@ -14,7 +14,7 @@ from collections.abc import Callable
 from starlette.authentication import AuthCredentials
 
 from apiguard._cache import CacheOptions, VerdictCache
-from apiguard.exceptions import InvalidToken
+from apiguard.exceptions import ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.principal import Grant, Principal
 from apiguard.tokens.info import TokenInfo
@@ -23,6 +23,7 @@ from apiguard.types import TokenIntrospector
 __all__ = ["TokenVerifier"]
 
 MAX_SCOPE_SETS = 1024
+DEFAULT_LEEWAY = 30.0
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
@@ -33,11 +34,14 @@ class TokenVerifier:
 
     Cache keys are SHA-256 digests of tokens (RFC 9700 §4.9.3: tokens are not stored
     in plaintext). A grant is reused for `cache.ttl` seconds and never past the
-    token's `exp` (RFC 7662 §4); refusals for `cache.negative_ttl`; outages never.
+    token's `exp` + `leeway` (RFC 7662 §4), the moment the introspector too stops
+    accepting it; refusals for `cache.negative_ttl`; outages never.
 
     Args:
         introspector: Verifies tokens (`JWTIntrospector`, `RemoteIntrospector`, ...).
         cache: Cache sizes and lifetimes.
+        leeway: Seconds of clock skew allowed past `exp`; by default the
+            introspector's own `leeway` (30 s for apiguard's), or 30 s.
     """
 
     def __init__(
@@ -45,9 +49,15 @@ class TokenVerifier:
         introspector: TokenIntrospector,
         *,
         cache: CacheOptions | None = None,
+        leeway: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.introspector = introspector
+        if leeway is None:
+            leeway = float(getattr(introspector, "leeway", DEFAULT_LEEWAY))
+        if leeway < 0:
+            raise ConfigurationError("leeway cannot be negative")
+        self.leeway = leeway
         self._verdicts: VerdictCache[bytes, Grant] = VerdictCache(cache or CacheOptions(), clock)
         self._clock = clock
         # Tokens of one client grant the same scopes: one set and one AuthCredentials
@@ -85,11 +95,11 @@ class TokenVerifier:
                 raise InvalidToken(reason="sender-constrained token without proof")
             lifetime = None
             if info.expires_at is not None:
-                lifetime = (info.expires_at - utcnow()).total_seconds()
+                lifetime = (info.expires_at - utcnow()).total_seconds() + self.leeway
                 if lifetime <= 0:
                     raise InvalidToken(reason="expired")
         except InvalidToken as exc:
-            self._verdicts.refuse(digest, exc.reason, generation)
+            self._verdicts.refuse(digest, exc.reason, generation, lifetime=exc.remember_for)
             raise
         grant = self._grant(info)
         self._verdicts.allow(digest, grant, generation, lifetime=lifetime)

@@ -1,0 +1,64 @@
+"""Failure memory for outbound calls, so that an outage is not amplified by our traffic.
+
+After a call to an authorization server (JWKS, discovery, introspection) fails,
+the next calls fail at once with the same 503 for a short, jittered, growing time
+instead of each reaching the failing server; one success forgets the failures.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from apiguard.exceptions import BackendUnavailableError
+
+__all__ = ["Backoff"]
+
+
+class Backoff:
+    """Remembers failures of one backend, shared by every request that would call it.
+
+    After the n-th failure in a row, calls are refused for a delay drawn uniformly
+    from [d/2, d] where d = min(`cap`, `base` * 2**(n-1)): the jitter spreads the
+    retries of several processes, the growth bounds the calls a long outage costs.
+
+    Args:
+        base: Seconds of the first delay (before jitter).
+        cap: The longest delay, in seconds.
+    """
+
+    __slots__ = ("_base", "_cap", "_clock", "_error", "_failures", "_random", "_until")
+
+    def __init__(
+        self,
+        *,
+        base: float = 1.0,
+        cap: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._base = base
+        self._cap = cap
+        self._clock = clock
+        self._random = rng
+        self._failures = 0
+        self._until = float("-inf")
+        self._error = ""
+
+    def check(self) -> None:
+        """Raise the last failure again while its delay lasts."""
+        if self._clock() < self._until:
+            raise BackendUnavailableError(f"{self._error} (backing off)")
+
+    def failed(self, error: BackendUnavailableError) -> None:
+        """Record a failure: calls are refused for the next delay."""
+        self._failures += 1
+        delay = min(self._cap, self._base * 2.0 ** min(self._failures - 1, 32))
+        self._until = self._clock() + delay * (0.5 + self._random() / 2)
+        self._error = str(error)
+
+    def succeeded(self) -> None:
+        """Forget the failures."""
+        self._failures = 0
+        self._until = float("-inf")
