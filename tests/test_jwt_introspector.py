@@ -402,7 +402,15 @@ async def test_last_good_keys_are_kept_for_a_bounded_time(
 
 
 @pytest.mark.parametrize(
-    ("header", "ttl"), [("max-age=600", 600), ("max-age=5", 60), ("max-age=999999", 86_400)]
+    ("header", "ttl"),
+    [
+        ("max-age=600", 600),
+        ("max-age=5", 60),
+        ("max-age=999999", 86_400),
+        ("no-store", 60),  # RFC 9111 §5.2.2.5: as short as allowed
+        ("max-age=600, no-cache", 60),  # RFC 9111 §5.2.2.4
+        ("Max-Age = 600", 600),
+    ],
 )
 async def test_cache_control_max_age_within_bounds(
     idp: FakeIssuer, clock: FakeClock, header: str, ttl: int

@@ -253,10 +253,16 @@ class _KeySet:
         self._usable_until = self._fresh_until + self._max_stale
 
     def _ttl_from(self, headers: httpx.Headers) -> float:
-        match = re.search(r"max-age=(\d+)", headers.get("cache-control", ""))
-        if match is None:
-            return self._ttl
-        return min(max(float(match[1]), self._min_ttl), self._max_ttl)
+        # RFC 9111 §5.2.2: no-store and no-cache forbid reuse without asking again;
+        # the least TTL is the closest a key set used on every request can come.
+        directives = [d.strip().lower() for d in headers.get("cache-control", "").split(",")]
+        if "no-store" in directives or "no-cache" in directives:
+            return self._min_ttl
+        for directive in directives:
+            name, _, value = directive.partition("=")
+            if name.strip() == "max-age" and value.strip().isdigit():
+                return min(max(float(value.strip()), self._min_ttl), self._max_ttl)
+        return self._ttl
 
 
 class JWTIntrospector:
