@@ -887,3 +887,51 @@ async def test_works_under_trio(guard: Any, make_client: MakeClient, issued: Iss
     async with make_client(guard()) as client:
         assert (await client.get("/", headers={"X-API-Key": issued.key})).status_code == 200
         assert (await client.get("/")).status_code == 401
+
+
+async def test_a_write_lock_on_the_store_does_not_delay_the_answer(
+    tmp_path: Any, hasher: KeyHasher
+) -> None:
+    """Bookkeeping (the key's last use) is written after the response is sent: another
+    process holding SQLite's write lock does not hold up the answer."""
+    import sqlite3
+    import time
+
+    from apiguard.keys import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/keys.db")
+    try:
+        issued = await KeyManager(store, hasher).create("a")
+        app = APIKeyMiddleware(Starlette(routes=[Route("/", whoami)]), store=store, hasher=hasher)
+        locker = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # a writer elsewhere, e.g. the CLI
+        scope: Scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"x-api-key", issued.key.encode())],
+        }
+        started = time.monotonic()
+        answered: list[tuple[int, float]] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered.append((message["status"], time.monotonic() - started))
+            elif not message.get("more_body"):
+                locker.execute("COMMIT")  # the writer lets go once the answer is out
+
+        await app(scope, receive, send)
+        locker.close()
+        [(status, took)] = answered
+        assert status == 200
+        assert took < 2  # SQLite's busy timeout is 10 s
+        record = await store.get(issued.record.key_id)
+        assert record is not None
+        assert record.last_used_at is not None  # written, after the answer
+    finally:
+        await store.aclose()

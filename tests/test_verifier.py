@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,11 +85,26 @@ async def test_warm_cache_skips_the_store(
     assert counting.gets == 2
 
 
-async def test_usage_is_recorded_once_per_cache_fill(
+async def test_usage_is_recorded_after_the_answer_once_per_cache_fill(
     verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
 ) -> None:
     issued = await KeyManager(counting, hasher).create("a")
-    await verifier.verify(issued.key.encode())
+    writes: list[str] = []
+    real_write = counting.record_usage
+
+    async def spy(key_id: str, *, at: datetime) -> None:
+        writes.append(key_id)
+        await real_write(key_id, at=at)
+
+    counting.record_usage = spy  # type: ignore[method-assign]
+    for _ in range(3):
+        await verifier.verify(issued.key.encode())
+    assert writes == []  # nothing written while the request waits
+    pending = [verifier.pending]
+    await verifier.flush()
+    pending.append(verifier.pending)
+    assert pending == [True, False]
+    assert writes == [issued.record.key_id]  # once per cache fill, not per request
     record = await counting.get(issued.record.key_id)
     assert record is not None
     assert record.last_used_at is not None
@@ -270,7 +286,38 @@ async def test_usage_write_failure_does_not_refuse(
     counting.usage_down = True
     principal, _ = await verifier.verify(issued.key.encode())
     assert principal.is_authenticated
+    await verifier.flush()  # never raises
     assert "could not record key usage" in caplog.text
+    assert not verifier.pending  # dropped, not retried forever
+
+
+async def test_a_hanging_store_is_cut_off_by_the_deadline(
+    counting: CountingStore, hasher: KeyHasher
+) -> None:
+    """A lookup ends within `deadline` (503), and so does a bookkeeping write."""
+    verifier = KeyVerifier(counting, hasher, deadline=0.2)
+    issued = await KeyManager(counting, hasher).create("a")
+    counting.gate = anyio.Event()  # never set: the store hangs
+    started = anyio.current_time()
+    with pytest.raises(BackendUnavailableError, match=r"no answer within 0\.2 s"):
+        await verifier.verify(issued.key.encode())
+    assert anyio.current_time() - started < 2
+    counting.gate = None
+    await verifier.verify(issued.key.encode())
+
+    async def hang(key_id: str, *, at: datetime) -> None:
+        await anyio.sleep(60)
+
+    counting.record_usage = hang  # type: ignore[method-assign]
+    started = anyio.current_time()
+    await verifier.flush()
+    assert anyio.current_time() - started < 2
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 - polls a list the tasks append to
+            await anyio.sleep(0.005)
 
 
 async def _slow_record(counting: CountingStore, secret: str) -> None:
@@ -311,6 +358,7 @@ async def test_slow_hash_is_verified_off_the_loop_once_and_migrated(
         for _ in range(10):
             await verifier.verify(key)
         tg.cancel_scope.cancel()
+    await verifier.flush()
 
     assert len(threads) == 1  # hashed once for ten requests
     assert threads[0] != threading.get_ident()  # in a worker thread
@@ -333,7 +381,91 @@ async def test_failed_migration_still_grants(
     counting.update_hash = fail  # type: ignore[method-assign]
     principal, _ = await verifier.verify(format_key("apg", "SLOWSLOWSLOW", "s" * 43).encode())
     assert principal.key_id == "SLOWSLOWSLOW"
+    await verifier.flush()
     assert "could not migrate" in caplog.text
+
+
+async def test_forged_secrets_for_one_imported_key_cannot_starve_the_others(
+    counting: CountingStore, hasher: KeyHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow-hash work is bounded per key id and in all: a flood of forged secrets for
+    one imported key is shed (503) beyond its share, and another imported key is
+    still verified."""
+    from apiguard.keys import format_key
+
+    await _slow_record(counting, "s" * 43)
+    await counting.add(make_record("OTHEROTHEROT", secret_hash=pbkdf2_sha256.hash("o" * 43)))
+    release = threading.Event()  # forged hashes take as long as the test says
+    hashed: list[str] = []
+    real_verify = KeyHasher.verify
+
+    def slow(self: KeyHasher, secret: str, stored: str) -> tuple[bool, str | None]:
+        hashed.append(secret[0])
+        if secret[0] != "o":
+            release.wait(10)
+        return real_verify(self, secret, stored)
+
+    monkeypatch.setattr(KeyHasher, "verify", slow)
+    verifier = KeyVerifier(counting, hasher, slow_hash_concurrency=2, slow_hash_per_key=4)
+    outcomes: list[str] = []
+
+    async def forged(i: int) -> None:
+        try:
+            await verifier.verify(format_key("apg", "SLOWSLOWSLOW", f"{i:043d}").encode())
+        except InvalidCredentials:
+            outcomes.append("401")
+        except BackendUnavailableError:
+            outcomes.append("503")
+
+    async def legit() -> None:
+        await verifier.verify(format_key("apg", "OTHEROTHEROT", "o" * 43).encode())
+        outcomes.append("legit")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(100):
+            tg.start_soon(forged, i)
+        tg.start_soon(legit)
+        await _until(lambda: len(outcomes) >= 96)
+        await anyio.sleep(0.05)
+        assert outcomes == ["503"] * 96  # shed at once, while the admitted ones wait
+        release.set()
+    assert sorted(outcomes) == ["401"] * 4 + ["503"] * 96 + ["legit"]
+    assert len(hashed) == 5  # the key's share of the queue, and the other key
+
+
+async def test_the_slow_hash_queue_is_bounded_in_all(
+    counting: CountingStore, hasher: KeyHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apiguard.keys import format_key
+
+    for i in range(10):
+        await counting.add(make_record(f"SLOW{i:08d}", secret_hash=pbkdf2_sha256.hash("s" * 43)))
+    release = threading.Event()
+
+    def blocked(self: KeyHasher, secret: str, stored: str) -> tuple[bool, str | None]:
+        release.wait(10)
+        return False, None
+
+    monkeypatch.setattr(KeyHasher, "verify", blocked)
+    verifier = KeyVerifier(counting, hasher, slow_hash_queue=6, slow_hash_per_key=4)
+    statuses: list[str] = []
+
+    async def forged(i: int) -> None:
+        try:
+            await verifier.verify(format_key("apg", f"SLOW{i % 10:08d}", f"{i:043d}").encode())
+        except InvalidCredentials:
+            statuses.append("401")
+        except BackendUnavailableError:
+            statuses.append("503")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(forged, i)
+        await _until(lambda: len(statuses) >= 44)
+        await anyio.sleep(0.05)
+        assert statuses == ["503"] * 44
+        release.set()
+    assert sorted(statuses) == ["401"] * 6 + ["503"] * 44
 
 
 async def test_prefixes_are_configurable(counting: CountingStore, hasher: KeyHasher) -> None:

@@ -63,6 +63,17 @@ class Authenticator(Protocol):
         """Remove the credential from `scope`, so the app never sees it."""
 
 
+class Bookkeeping(Protocol):
+    """Writes an authenticator defers until a response has been sent (key usage, say)."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether `flush()` has anything to write."""
+
+    async def flush(self) -> None:
+        """Write what is pending; never raises."""
+
+
 class GuardOptions(TypedDict, total=False):
     """The options every apiguard middleware takes besides its credentials."""
 
@@ -174,6 +185,13 @@ class AuthMiddleware:
         self._optional = optional
         self._hide = hide_credentials
         self._policies = tuple(policies)
+        # An authenticator with an optional `bookkeeping` (APIKeyAuth) has writes
+        # that wait until a response is out, so that no answer waits on them.
+        self._bookkeeping: tuple[Bookkeeping, ...] = tuple(
+            keeper
+            for each in self._authenticators
+            if (keeper := getattr(each, "bookkeeping", None)) is not None
+        )
         self._responder = ErrorResponder(
             schemes=[(a.scheme, a.challenge_params) for a in self._authenticators],
             realm=realm,
@@ -243,6 +261,9 @@ class AuthMiddleware:
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
         await self.app(scope, receive, send)
+        for keeper in self._bookkeeping:  # the response is out: nobody waits on this
+            if keeper.pending:
+                await keeper.flush()
 
     def _excluded(self, scope: Scope) -> bool:
         if scope.get("method") in self._methods:
@@ -275,6 +296,9 @@ class AuthMiddleware:
             logger.error("refused status=503 reason=configuration error (%s)", _loggable(exc))
             exc = BackendUnavailableError(str(exc))
         await self._responder.deny(exc, authenticator.scheme, scope, receive, send)
+        for keeper in self._bookkeeping:
+            if keeper.pending:
+                await keeper.flush()
 
 
 def _loggable(value: object) -> str:

@@ -37,12 +37,18 @@ class APIKeyAuth:
             unsafe: URLs end up in access logs, proxies and browser history.
         prefixes: Key prefixes accepted.
         cache: Verification cache sizes and lifetimes (`CacheOptions`).
+        deadline: Seconds one key lookup may take in all (store read and hash
+            check); past it the request gets 503 with `Retry-After`.
+
+    Writes that only keep books (a key's last use, a hash migrated to the default
+    scheme) are made after the response is sent, never while a request waits
+    (`bookkeeping.flush()`, called by the middleware).
     """
 
     scheme = "ApiKey"
     challenge_params: tuple[tuple[str, str], ...] = ()
 
-    __slots__ = ("_headers", "_query_param", "authenticate", "extract", "verifier")
+    __slots__ = ("_headers", "_query_param", "authenticate", "bookkeeping", "extract", "verifier")
 
     def __init__(
         self,
@@ -54,6 +60,7 @@ class APIKeyAuth:
         query_param: str | None = None,
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
+        deadline: float = 5.0,
     ) -> None:
         if hasher is not None and pepper is not None:
             raise ConfigurationError("pass either pepper or hasher, not both")
@@ -62,8 +69,13 @@ class APIKeyAuth:
         headers = _credentials.header_names(header_names)
         key_store = open_store(store) if isinstance(store, str) else store
         self.verifier = KeyVerifier(
-            key_store, hasher or KeyHasher(pepper), prefixes=prefixes, cache=cache
+            key_store,
+            hasher or KeyHasher(pepper),
+            prefixes=prefixes,
+            cache=cache,
+            deadline=deadline,
         )
+        self.bookkeeping = self.verifier
         self._headers = headers
         self._query_param = query_param
         # Bound once: the hot path makes one call to find the key and one to check it.

@@ -31,7 +31,7 @@ class APIKeyMiddleware(AuthMiddleware):
     cannot be reached, 503 with `Retry-After`.
 
     Takes the arguments of `APIKeyAuth` (`store`, `pepper`, `hasher`,
-    `header_names`, `query_param`, `prefixes`, `cache`) and the options of
+    `header_names`, `query_param`, `prefixes`, `cache`, `deadline`) and the options of
     `AuthMiddleware` (`realm`, `exclude_paths`, `exclude_methods`, `allow_preflight`,
     `optional`, `hide_credentials`, `problem_details`, `retry_after`, `error_response`,
     `policies`).
@@ -48,6 +48,7 @@ class APIKeyMiddleware(AuthMiddleware):
         query_param: str | None = None,
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
+        deadline: float = 5.0,
         **options: Unpack[GuardOptions],
     ) -> None:
         self.auth = APIKeyAuth(
@@ -58,6 +59,7 @@ class APIKeyMiddleware(AuthMiddleware):
             query_param=query_param,
             prefixes=prefixes,
             cache=cache,
+            deadline=deadline,
         )
         super().__init__(app, authenticators=[self.auth], **options)
 

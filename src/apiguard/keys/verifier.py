@@ -2,6 +2,8 @@
 
 Checks run cheapest first: cache, then shape and checksum (no I/O), then one store
 lookup and one hash verification, shared by concurrent requests with the same key.
+Bookkeeping writes (last use, hash migration) never delay an answer: they are kept
+in memory and written by `flush()`, which the middleware calls after a response.
 """
 
 from __future__ import annotations
@@ -9,14 +11,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime
 from typing import NoReturn
 
 import anyio
 from starlette.authentication import AuthCredentials
 
 from apiguard._cache import CacheOptions, VerdictCache
-from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidCredentials
+from apiguard.exceptions import (
+    ApiGuardError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidCredentials,
+)
 from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.record import KeyRecord, utcnow
@@ -32,6 +40,8 @@ logger = logging.getLogger("apiguard.keys")
 # BLAKE2s costs about half of SHA-256 on a short input, and this runs per request.
 _digest = hashlib.blake2s
 
+MAX_PENDING_WRITES = 10_000  # keys whose last use waits to be written; more are dropped
+
 
 class KeyVerifier:
     """Verifies presented API keys against a store, caching the outcome.
@@ -43,6 +53,13 @@ class KeyVerifier:
         cache: Cache sizes and lifetimes.
         slow_hash_concurrency: How many slow (imported) hashes may be verified at once
             in worker threads; bounds the work a flood of forged keys can cause.
+        slow_hash_queue: How many slow hash verifications may wait or run at once;
+            beyond it requests that need one get 503 at once instead of queueing.
+        slow_hash_per_key: The same, per key id, so that forged secrets for one
+            imported key cannot take the whole queue from the other keys.
+        deadline: Seconds one lookup may take in all (the store read and the hash
+            verification); then the request gets 503. Bookkeeping writes get the
+            same deadline each.
     """
 
     def __init__(
@@ -53,8 +70,15 @@ class KeyVerifier:
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
         slow_hash_concurrency: int = 2,
+        slow_hash_queue: int = 32,
+        slow_hash_per_key: int = 4,
+        deadline: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if min(slow_hash_concurrency, slow_hash_queue, slow_hash_per_key) < 1 or deadline <= 0:
+            raise ConfigurationError(
+                "slow hash limits must be at least 1 and the deadline must be positive"
+            )
         self.store = store
         self._hasher = hasher
         self._prefixes = frozenset(validate_prefix(p) for p in prefixes)
@@ -62,7 +86,17 @@ class KeyVerifier:
             raise ConfigurationError("at least one key prefix is required")
         self._verdicts: VerdictCache[bytes, Grant] = VerdictCache(cache or CacheOptions(), clock)
         self._slow_limiter = anyio.CapacityLimiter(slow_hash_concurrency)
+        self._slow_queue = slow_hash_queue
+        self._slow_per_key = slow_hash_per_key
+        self._slow_waiting: dict[str, int] = {}
+        self._slow_total = 0
+        self._deadline = deadline
         self._clock = clock
+        self._usage: dict[str, datetime] = {}
+        self._new_hashes: dict[str, str] = {}
+        self._flushing = False
+        self.pending = False
+        """Whether bookkeeping writes wait for `flush()`."""
         store.add_listener(self.invalidate)
 
     def invalidate(self, key_id: str) -> None:
@@ -95,15 +129,19 @@ class KeyVerifier:
         except UnicodeDecodeError:
             raise InvalidCredentials(reason="malformed") from None
 
-        record = await self.store.get(parsed.key_id)
-        if record is None:
-            self._refuse(digest, parsed.key_id, "unknown key", generation)
-        if self._hasher.is_fast(record.secret_hash):
-            ok, new_hash = self._hasher.verify(parsed.secret, record.secret_hash)
-        else:
-            ok, new_hash = await anyio.to_thread.run_sync(
-                self._hasher.verify, parsed.secret, record.secret_hash, limiter=self._slow_limiter
-            )
+        try:
+            with anyio.fail_after(self._deadline):
+                record = await self.store.get(parsed.key_id)
+                if record is None:
+                    self._refuse(digest, parsed.key_id, "unknown key", generation)
+                if self._hasher.is_fast(record.secret_hash):
+                    ok, new_hash = self._hasher.verify(parsed.secret, record.secret_hash)
+                else:
+                    ok, new_hash = await self._verify_slowly(parsed.secret, record)
+        except TimeoutError:
+            raise BackendUnavailableError(
+                f"key store: no answer within {self._deadline:g} s"
+            ) from None
         if not ok:
             self._refuse(digest, parsed.key_id, "wrong secret", generation)
         wall_now = utcnow()
@@ -111,18 +149,73 @@ class KeyVerifier:
         if status != "active":
             self._refuse(digest, parsed.key_id, status, generation)
 
-        if new_hash is not None:
-            await self._migrate(record, new_hash)
         grant = _grant(record)
         lifetime = None
         if record.expires_at is not None:
             lifetime = (record.expires_at - wall_now).total_seconds()
         self._verdicts.allow(digest, grant, generation, tag=record.key_id, lifetime=lifetime)
-        try:
-            await self.store.record_usage(record.key_id, at=wall_now)
-        except BackendUnavailableError:
-            logger.warning("could not record key usage (key_id=%s)", record.key_id)
+        if new_hash is not None:
+            self._new_hashes[record.key_id] = new_hash
+        if len(self._usage) < MAX_PENDING_WRITES or record.key_id in self._usage:
+            self._usage[record.key_id] = wall_now
+        self.pending = True
         return grant
+
+    async def _verify_slowly(self, secret: str, record: KeyRecord) -> tuple[bool, str | None]:
+        key_id = record.key_id
+        waiting = self._slow_waiting.get(key_id, 0)
+        if self._slow_total >= self._slow_queue or waiting >= self._slow_per_key:
+            # Shed rather than queue without bound: forged secrets for imported keys
+            # must not make every other key wait behind their hashing.
+            raise BackendUnavailableError("too many slow hash verifications under way")
+        self._slow_total += 1
+        self._slow_waiting[key_id] = waiting + 1
+        try:
+            return await anyio.to_thread.run_sync(
+                self._hasher.verify, secret, record.secret_hash, limiter=self._slow_limiter
+            )
+        finally:
+            self._slow_total -= 1
+            if self._slow_waiting[key_id] == 1:
+                del self._slow_waiting[key_id]
+            else:
+                self._slow_waiting[key_id] -= 1
+
+    async def flush(self) -> None:
+        """Write the pending bookkeeping: last-used times and migrated hashes.
+
+        Best effort and never raising: a write that fails or passes the deadline is
+        logged and dropped. Concurrent calls while one runs return at once.
+        """
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._usage or self._new_hashes:
+                new_hashes, self._new_hashes = self._new_hashes, {}
+                usage, self._usage = self._usage, {}
+                for key_id, secret_hash in new_hashes.items():
+                    if await self._write(self.store.update_hash, key_id, secret_hash):
+                        logger.info("migrated key hash to the default scheme (key_id=%s)", key_id)
+                    else:
+                        logger.warning("could not migrate key hash (key_id=%s)", key_id)
+                for key_id, at in usage.items():
+                    if not await self._write(_record_usage(self.store, at), key_id):
+                        logger.warning("could not record key usage (key_id=%s)", key_id)
+        finally:
+            self._flushing = False
+            self.pending = bool(self._usage or self._new_hashes)
+
+    async def _write(self, write: Callable[..., Awaitable[None]], *args: str) -> bool:
+        try:
+            with anyio.fail_after(self._deadline):
+                await write(*args)
+        except (ApiGuardError, TimeoutError):
+            return False
+        except Exception:
+            logger.exception("key store write failed unexpectedly")
+            return False
+        return True
 
     def _refuse(self, digest: bytes, key_id: str, reason: str, generation: int) -> NoReturn:
         self._verdicts.refuse(digest, reason, generation, tag=key_id)
@@ -130,13 +223,12 @@ class KeyVerifier:
         error.credential_id = key_id
         raise error
 
-    async def _migrate(self, record: KeyRecord, new_hash: str) -> None:
-        try:
-            await self.store.update_hash(record.key_id, new_hash)
-        except BackendUnavailableError:
-            logger.warning("could not migrate key hash (key_id=%s)", record.key_id)
-        else:
-            logger.info("migrated key hash to the default scheme (key_id=%s)", record.key_id)
+
+def _record_usage(store: KeyStore, at: datetime) -> Callable[[str], Awaitable[None]]:
+    async def write(key_id: str) -> None:
+        await store.record_usage(key_id, at=at)
+
+    return write
 
 
 def _grant(record: KeyRecord) -> Grant:
