@@ -2,12 +2,15 @@
 
 Every outbound call has a timeout, a size cap on the response and one error type:
 `BackendUnavailableError` (503 for the caller) when the server cannot be reached or
-answers with something that is not the expected JSON object.
+answers with something that is not the expected JSON object. The cap holds for the
+decompressed body: gzip and deflate are decoded here, a bounded step at a time, so a
+small compressed body cannot expand into memory before it is refused.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,9 +19,12 @@ import httpx
 
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError
 
-__all__ = ["MAX_RESPONSE_BYTES", "check_url", "get_json", "read_json"]
+__all__ = ["ACCEPT_ENCODING", "MAX_RESPONSE_BYTES", "check_url", "get_json", "read_json"]
 
 MAX_RESPONSE_BYTES = 512 * 1024
+# The codings read_json decodes; asked for explicitly, so that a server never picks
+# br or zstd, which httpx would otherwise offer when their packages are installed.
+ACCEPT_ENCODING = "gzip, deflate"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -32,17 +38,82 @@ def check_url(url: str, what: str) -> str:
     raise ConfigurationError(f"{what} must be an https URL: {url!r}")
 
 
-async def read_json(response: httpx.Response, what: str) -> Mapping[str, Any]:
-    """The response body as a JSON object, read up to `MAX_RESPONSE_BYTES`."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
+def _is_zlib_header(head: bytes) -> bool:
+    # RFC 1950 §2.2: CM 8 (deflate), CINFO at most 7, CMF * 256 + FLG a multiple of 31.
+    return head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
+
+
+def _coding(response: httpx.Response, what: str) -> str:
+    codings = [
+        coding.strip().lower()
+        for coding in response.headers.get_list("content-encoding", split_commas=True)
+    ]
+    codings = [coding for coding in codings if coding not in ("", "identity")]
+    if not codings:
+        return "identity"
+    if len(codings) > 1 or codings[0] not in ("gzip", "deflate"):
+        raise BackendUnavailableError(
+            f"{what}: unsupported content encoding {', '.join(codings)!r}"
+        )
+    return codings[0]
+
+
+class _BoundedBody:
+    """The decoded body, grown a bounded step at a time; never more than the cap plus one byte."""
+
+    def __init__(self, coding: str, what: str) -> None:
+        self.data = bytearray()
+        self._coding = coding
+        self._what = what
+        self._head = b""  # deflate: the first bytes, until they tell zlib from raw deflate
+        self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16) if coding == "gzip" else None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._coding == "identity":
+            self._append(chunk)
+            return
+        if self._decompressor is None:
+            self._head += chunk
+            if len(self._head) < 2:
+                return
+            chunk, self._head = self._head, b""
+            # RFC 9110 §8.4.1.2: deflate is the zlib format, but some servers send raw
+            # deflate (RFC 1951); read both, as httpx and browsers do.
+            wbits = zlib.MAX_WBITS if _is_zlib_header(chunk) else -zlib.MAX_WBITS
+            self._decompressor = zlib.decompressobj(wbits)
+        while chunk:
+            # max_length is at least 1 here: 0 would mean "no limit" to zlib.
+            room = MAX_RESPONSE_BYTES + 1 - len(self.data)
+            try:
+                self._append(self._decompressor.decompress(chunk, room))
+            except zlib.error as exc:
+                raise BackendUnavailableError(
+                    f"{self._what}: response is not valid {self._coding}"
+                ) from exc
+            chunk = self._decompressor.unconsumed_tail
+
+    def _append(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > MAX_RESPONSE_BYTES:
             raise BackendUnavailableError(
-                f"{what}: response larger than {MAX_RESPONSE_BYTES} bytes"
+                f"{self._what}: response larger than {MAX_RESPONSE_BYTES} bytes"
             )
+
+
+async def read_json(response: httpx.Response, what: str) -> Mapping[str, Any]:
+    """The response body as a JSON object, at most `MAX_RESPONSE_BYTES` once decoded."""
+    if response.is_stream_consumed:
+        # Read whole, and decoded by httpx, before it got here: a response built in
+        # memory, such as a MockTransport handler's `httpx.Response(json=...)`.
+        body = _BoundedBody("identity", what)
+        body.feed(response.content)
+    else:
+        # Raw bytes, decoded here: httpx would expand each chunk without a limit.
+        body = _BoundedBody(_coding(response, what), what)
+        async for chunk in response.aiter_raw():
+            body.feed(chunk)
     try:
-        data = json.loads(body)
+        data = json.loads(body.data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BackendUnavailableError(f"{what}: response is not JSON") from exc
     if not isinstance(data, dict):
@@ -55,7 +126,9 @@ async def get_json(
 ) -> tuple[Mapping[str, Any], httpx.Headers]:
     """GET `url` and return its JSON object and headers; any failure is a 503."""
     try:
-        async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+        async with client.stream(
+            "GET", url, headers={"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
+        ) as response:
             if response.status_code != 200:
                 raise BackendUnavailableError(f"{what}: HTTP {response.status_code}")
             return await read_json(response, what), response.headers

@@ -25,7 +25,7 @@ from apiguard._backoff import Backoff
 from apiguard._cache import SingleFlight
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
-from apiguard.tokens._http import check_url, read_json
+from apiguard.tokens._http import ACCEPT_ENCODING, check_url, read_json
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo
 from apiguard.tokens.jwks import DEFAULT_ALGORITHMS, MAX_TOKEN_SIZE
@@ -161,6 +161,7 @@ class RemoteIntrospector:
         elif auth_method == "client_secret_post" and client_secret:
             self._credentials = {"client_id": client_id, "client_secret": client_secret}
         self._headers["Accept"] = "application/json"
+        self._headers["Accept-Encoding"] = ACCEPT_ENCODING
         self.calls = 0
 
     @classmethod
