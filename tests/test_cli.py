@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from starlette.applications import Starlette
@@ -16,9 +17,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from apiguard import APIKeyMiddleware, CacheOptions
+import apiguard.keys
+from apiguard import APIKeyMiddleware, CacheOptions, ConfigurationError
 from apiguard.cli import main, parse_duration
-from apiguard.keys import open_store
+from apiguard.keys import MemoryKeyStore, open_store, register_scheme
+from apiguard.types import KeyStore
 
 from .conftest import PEPPER
 
@@ -190,6 +193,79 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     result = cli("keys", "list", "--store", f"sqlite:///{tmp_path}/no/such/dir.db", ok=False)
     assert result.exit_code == 1
     assert "key store unavailable" in result.output
+
+
+# --- store URLs with passwords ------------------------------------------------
+
+PASSWORD = "s3cret-Pa55"
+
+# Every command that takes --store, with the arguments it needs besides.
+STORE_COMMANDS = {
+    "init": [],
+    "create": ["--name", "x"],
+    "list": [],
+    "show": ["K" * 12],
+    "revoke": ["K" * 12],
+    "rotate": ["K" * 12],
+}
+
+
+def test_store_commands_are_all_listed() -> None:
+    keys = main.commands["keys"]
+    assert isinstance(keys, click.Group)
+    taking_store = {
+        name
+        for name, command in keys.commands.items()
+        if any(param.name == "store_url" for param in command.params)
+    }
+    assert taking_store == set(STORE_COMMANDS)
+
+
+@pytest.fixture
+def password_schemes() -> Iterator[None]:
+    """`vault://` opens a memory store; `leaky://` fails with the URL and password in its message."""
+
+    def leaky(url: str) -> KeyStore:
+        raise ConfigurationError(f"cannot log in to {url} with password {PASSWORD!r}")
+
+    register_scheme("vault", lambda url: MemoryKeyStore())
+    register_scheme("leaky", leaky)
+    yield
+    del apiguard.keys._SCHEMES["vault"], apiguard.keys._SCHEMES["leaky"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"postgresql://app:{PASSWORD}@db.example/keys", "postgresql://app:***@db.example/keys"),
+        (f"redis://:{PASSWORD}@cache.example", "redis://:***@cache.example"),
+        (f"sqlite://app:{PASSWORD}@host/keys.db", "sqlite+aiosqlite://app:***@host/keys.db"),
+        (f"leaky://app:{PASSWORD}@db.example", "leaky://app:***@db.example"),
+    ],
+    ids=["unknown-scheme", "password-only", "bad-sqlite-url", "store-quoting-it"],
+)
+@pytest.mark.parametrize("command", list(STORE_COMMANDS))
+def test_store_passwords_never_appear_in_errors(
+    store_url: str, password_schemes: None, command: str, url: str, shown: str
+) -> None:
+    for how in (["--store", url], []):  # on the command line, or in APIGUARD_STORE
+        env = {"APIGUARD_STORE": url}
+        result = CliRunner().invoke(
+            main, ["keys", command, *how, *STORE_COMMANDS[command]], env=env
+        )
+        assert result.exit_code == 1
+        assert shown in result.output
+        assert PASSWORD not in result.output
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_init_shows_the_store_without_its_password(
+    store_url: str, password_schemes: None, as_json: bool
+) -> None:
+    url = f"vault://app:{PASSWORD}@vault.example/keys"
+    output = cli("keys", "init", "--store", url, *(["--json"] if as_json else [])).output
+    assert "vault://app:***@vault.example/keys" in output
+    assert PASSWORD not in output
 
 
 @pytest.mark.parametrize(

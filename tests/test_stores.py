@@ -3,13 +3,21 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import traceback
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import registry as sa_registry
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 
 import apiguard.keys
 from apiguard import BackendUnavailableError, ConfigurationError
 from apiguard.keys import BaseKeyStore, MemoryKeyStore, open_store, register_scheme
+from apiguard.keys._url import redact_url
 from apiguard.testing import KeyStoreContract, make_record
 from apiguard.types import KeyStore
 
@@ -160,3 +168,116 @@ def test_failed_sqlite_connection_leaves_no_worker_behind(tmp_path: Path) -> Non
     for _ in range(20):  # without the wait, most tries leave the thread running
         asyncio.run(fail())
         assert [t.name for t in threading.enumerate() if t not in before] == []
+
+
+# --- store URLs with passwords ------------------------------------------------
+
+PASSWORD = "s3cret-Pa55"
+
+
+def shown(exc: BaseException) -> str:
+    """Everything a traceback of `exc` shows, as `logger.exception` would log it."""
+    return "".join(traceback.format_exception(exc))
+
+
+class LeakyDialect(SQLiteDialect_aiosqlite):
+    """A third-party SQLAlchemy dialect whose error quotes the URL, password and all."""
+
+    def create_connect_args(self, url: sa.URL) -> Any:
+        raise sa_exc.ArgumentError(f"cannot use {url.render_as_string(hide_password=False)}")
+
+
+sa_registry.register("leaky", __name__, "LeakyDialect")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param(
+            f"postgresql://app:{PASSWORD}@db.example/keys",
+            "unknown key store URL scheme in 'postgresql://app:***@db.example/keys'",
+            id="unknown-scheme",
+        ),
+        pytest.param(
+            f"redis://:{PASSWORD}@cache.example:6379/0",
+            "unknown key store URL scheme in 'redis://:***@cache.example:6379/0'",
+            id="password-only",
+        ),
+        pytest.param(
+            f"memory://app:{PASSWORD}@here",
+            "not 'memory://app:***@here'",
+            id="memory",
+        ),
+        pytest.param(
+            f"sqlite://app:{PASSWORD}@host/keys.db",
+            "Invalid SQLite URL: sqlite+aiosqlite://app:***@host/keys.db",
+            id="bad-sqlite-url",
+        ),
+    ],
+)
+def test_open_store_errors_never_show_the_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_store(url)
+    assert message in str(info.value)
+    assert PASSWORD not in shown(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param(
+            f"app:{PASSWORD}@db.example/keys",
+            "not a store URL: 'app:***@db.example/keys'",
+            id="no-scheme",
+        ),
+        pytest.param(
+            f"sqlite+nosuchdriver://app:{PASSWORD}@host/keys.db",
+            "Can't load plugin",
+            id="unknown-driver",
+        ),
+        pytest.param(
+            f"leaky://app:{PASSWORD}@db.example/keys",
+            "cannot use leaky://app:***@db.example/keys",
+            id="driver-quotes-the-url",
+        ),
+        pytest.param(
+            f"leaky://app:{quote(PASSWORD + '@/')}@db.example/keys",
+            "cannot use leaky://app:***@db.example/keys",
+            id="escaped-password",
+        ),
+    ],
+)
+def test_sql_store_errors_never_show_the_password(url: str, message: str) -> None:
+    from apiguard.keys.sql import SQLKeyStore
+
+    with pytest.raises(ConfigurationError) as info:
+        SQLKeyStore.from_url(url)
+    assert message in str(info.value)
+    assert PASSWORD not in shown(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown_as"),
+    [
+        ("postgresql://app:pw@db.example:5432/keys", "postgresql://app:***@db.example:5432/keys"),
+        ("redis://:pw@cache.example", "redis://:***@cache.example"),
+        ("postgresql://app:p/w?#@db.example/keys", "postgresql://app:***@db.example/keys"),
+        ("postgresql://app:p@w@db.example/keys", "postgresql://app:***@db.example/keys"),
+        ("postgresql://ap@p:pw@db.example/keys", "postgresql://ap@p:***@db.example/keys"),
+        (
+            "postgresql://app:pw@db.example/k?cert=/a@b",
+            "postgresql://app:***@db.example/k?cert=/a@b",
+        ),
+        ("app:pw@db.example", "app:***@db.example"),
+        ("postgresql://app@db.example:5432/keys", "postgresql://app@db.example:5432/keys"),
+        ("redis://:@cache.example", "redis://:@cache.example"),
+        ("sqlite:////srv/a:b@c/keys.db", "sqlite:////srv/a:b@c/keys.db"),
+        ("sqlite:///keys.db", "sqlite:///keys.db"),
+        ("memory://", "memory://"),
+        ("", ""),
+        ("::@@//", ":***@//"),  # not a URL: no error, and nothing that could be one shown
+    ],
+)
+def test_redact_url(url: str, shown_as: str) -> None:
+    """Only a password is hidden; where parsers could read one differently, more is hidden."""
+    assert redact_url(url) == shown_as

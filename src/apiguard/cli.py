@@ -21,6 +21,7 @@ import click
 
 from apiguard.exceptions import ApiGuardError
 from apiguard.keys import KeyManager, open_store
+from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import PEPPER_ENV
 from apiguard.keys.manager import IssuedKey
@@ -67,7 +68,8 @@ def _run(store_url: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except ApiGuardError as exc:
-        raise click.ClickException(str(exc)) from exc
+        # Any store's message, a third party's too, is shown without the URL's password.
+        raise click.ClickException(hide_password(str(exc), store_url)) from None
 
 
 def _when(value: datetime | None) -> str:
@@ -151,9 +153,9 @@ def init(store_url: str, as_json: bool) -> None:
     _run(store_url, lambda store: store.list())
     pepper = None if os.environ.get(PEPPER_ENV) else secrets.token_urlsafe(32)
     if as_json:
-        click.echo(json.dumps({"store": store_url, "suggested_pepper": pepper}))
+        click.echo(json.dumps({"store": redact_url(store_url), "suggested_pepper": pepper}))
         return
-    click.echo(f"Key store ready: {store_url}")
+    click.echo(f"Key store ready: {redact_url(store_url)}")
     if pepper is not None:
         click.echo(f"{PEPPER_ENV} is not set. Keep this pepper secret and give the same one")
         click.echo("to the CLI and to your app; keys hashed with it work only with it:")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from apiguard._cache import CacheOptions
 from apiguard.exceptions import ConfigurationError
+from apiguard.keys._url import redact_url
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.format import GeneratedKey, ParsedKey, format_key, generate_key, parse_key
 from apiguard.keys.hashing import KeyHasher
@@ -84,7 +85,9 @@ def open_store(url: str) -> KeyStore:
     factory = _SCHEMES.get(scheme) if sep else None
     if factory is None:
         known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
-        raise ConfigurationError(f"unknown key store URL scheme in {url!r}; known: {known}")
+        raise ConfigurationError(
+            f"unknown key store URL scheme in {redact_url(url)!r}; known: {known}"
+        )
     if isinstance(factory, str):
         factory = _load(factory)
     return factory(url)

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from apiguard.exceptions import ConfigurationError, KeyNotFoundError, KeyStateError
+from apiguard.keys._url import redact_url
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.record import KeyRecord
 
@@ -26,7 +27,9 @@ class MemoryKeyStore(BaseKeyStore):
     def from_url(cls, url: str) -> MemoryKeyStore:
         """Open a new, empty store for `memory://`."""
         if url != "memory://":
-            raise ConfigurationError(f"a memory store URL is just 'memory://', not {url!r}")
+            raise ConfigurationError(
+                f"a memory store URL is just 'memory://', not {redact_url(url)!r}"
+            )
         return cls()
 
     def __repr__(self) -> str:

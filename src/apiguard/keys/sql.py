@@ -20,6 +20,7 @@ from apiguard.exceptions import (
     KeyNotFoundError,
     KeyStateError,
 )
+from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.record import KeyRecord
 
@@ -104,7 +105,7 @@ def _from_row(row: sa.RowMapping) -> KeyRecord:
 def _engine_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ConfigurationError(f"not a store URL: {url!r}")
+        raise ConfigurationError(f"not a store URL: {redact_url(url)!r}")
     return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
 
 
@@ -161,7 +162,11 @@ class SQLKeyStore(BaseKeyStore):
         try:
             engine = create_async_engine(engine_url, **engine_options)
         except (ImportError, sa_exc.ArgumentError) as exc:
-            raise ConfigurationError(f"cannot open key store: {exc}") from exc
+            # The driver's message may quote the URL: shown without its password, and
+            # not chained, so no traceback carries the original either.
+            raise ConfigurationError(
+                f"cannot open key store: {hide_password(str(exc), url)}"
+            ) from None
         return cls(engine, _owns_engine=True)
 
     def __repr__(self) -> str:
