@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 import traceback
@@ -16,7 +17,15 @@ from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 
 import apiguard.keys
 from apiguard import BackendUnavailableError, ConfigurationError
-from apiguard.keys import BaseKeyStore, MemoryKeyStore, open_store, register_scheme
+from apiguard.keys import (
+    BaseKeyStore,
+    KeyHasher,
+    KeyManager,
+    KeyVerifier,
+    MemoryKeyStore,
+    open_store,
+    register_scheme,
+)
 from apiguard.keys._url import redact_url
 from apiguard.testing import KeyStoreContract, make_record
 from apiguard.types import KeyStore
@@ -281,3 +290,39 @@ def test_sql_store_errors_never_show_the_password(url: str, message: str) -> Non
 def test_redact_url(url: str, shown_as: str) -> None:
     """Only a password is hidden; where parsers could read one differently, more is hidden."""
     assert redact_url(url) == shown_as
+
+
+# --- driver logging -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_debug_logging_never_shows_hashes_or_keys(
+    tmp_path: Path, hasher: KeyHasher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With every logger at DEBUG, no record carries a key or a secret hash.
+
+    aiosqlite logs each call it runs at DEBUG, with its statement parameters.
+    """
+    caplog.set_level(logging.DEBUG)
+    store = open_store(f"sqlite:///{tmp_path}/keys.db")
+    try:
+        manager = KeyManager(store, hasher)
+        verifier = KeyVerifier(store, hasher)
+        issued = await manager.create("billing", scopes=["items:read"])
+        await verifier.verify(issued.key.encode())
+        rotated = await manager.rotate(issued.record.key_id)
+        await store.update_hash(rotated.record.key_id, hasher.hash("another secret"))
+        await manager.revoke(issued.record.key_id)
+        hidden = {
+            issued.key,
+            issued.record.secret_hash,
+            rotated.key,
+            rotated.record.secret_hash,
+            (await manager.get(rotated.record.key_id)).secret_hash,
+        }
+    finally:
+        await store.aclose()
+    assert logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)  # levels untouched
+    for record in caplog.records:
+        logged = record.getMessage() + repr(record.args)
+        assert not [value for value in hidden if value in logged], record.name

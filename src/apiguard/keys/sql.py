@@ -7,6 +7,7 @@ code is meant to serve PostgreSQL. Install with `pip install 'apiguard[sqlite]'`
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -109,6 +110,21 @@ def _engine_url(url: str) -> str:
     return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
 
 
+class _NoCallArguments(logging.Filter):
+    """Drops aiosqlite's DEBUG records that carry a call and its arguments.
+
+    aiosqlite logs "executing %s" and "operation %s completed" with the call it runs,
+    whose repr holds the statement's parameters: a secret hash on INSERT and UPDATE.
+    Logger levels stay as the application set them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.DEBUG and record.args)
+
+
+_no_call_arguments = _NoCallArguments()
+
+
 async def _open_sqlite(*args: Any, **kwargs: Any) -> Any:
     """`aiosqlite.connect(...)` that, when it fails, waits for its worker thread to end.
 
@@ -142,6 +158,8 @@ class SQLKeyStore(BaseKeyStore):
         super().__init__()
         self._engine = engine
         self._owns_engine = _owns_engine
+        if engine.dialect.driver == "aiosqlite":
+            logging.getLogger("aiosqlite").addFilter(_no_call_arguments)  # once: a no-op after
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
 
