@@ -291,8 +291,9 @@ async def test_a_retry_can_succeed() -> None:
         httpx.Response(200, json={"active": "true"}),
         httpx.Response(200, json={"scope": "a"}),
         httpx.Response(200, content=b"{" + b" " * (600 * 1024) + b"}"),
+        httpx.Response(200, content=b'{"active":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
     ],
-    ids=["not-json", "not-object", "active-not-boolean", "no-active", "huge"],
+    ids=["not-json", "not-object", "active-not-boolean", "no-active", "huge", "deeply-nested"],
 )
 async def test_garbage_answers_are_503(response: httpx.Response) -> None:
     with pytest.raises(BackendUnavailableError):

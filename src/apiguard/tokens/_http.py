@@ -114,8 +114,8 @@ async def read_json(response: httpx.Response, what: str) -> Mapping[str, Any]:
             body.feed(chunk)
     try:
         data = json.loads(body.data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BackendUnavailableError(f"{what}: response is not JSON") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested
+        raise BackendUnavailableError(f"{what}: response is not JSON") from None
     if not isinstance(data, dict):
         raise BackendUnavailableError(f"{what}: response is not a JSON object")
     return data
