@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,27 @@ async def test_authorization_server_stopped_is_503(fresh_server: AuthorizationSe
         assert response.status_code == 503
         assert response.headers["retry-after"] == "5"
         await introspector.aclose()
+
+
+async def test_tokens_the_server_will_not_introspect_are_401_not_503(
+    authorization_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 7662 §2.3: only a refusal of the API's own credentials is a misconfiguration.
+
+    oidc-provider does not introspect its JWT access tokens (400
+    `unsupported_token_type`), and a 60 KB garbage token is not worth a call: both are
+    an invalid token for the caller, cached, with no ERROR in the logs.
+    """
+    server = remote(authorization_server)
+    introspector = CompositeIntrospector(
+        jwt=local(authorization_server), remote=server, introspect_jwts=True
+    )
+    async with app_with(introspector) as client:
+        for token in (authorization_server.token(RS256), "x" * 60_000):
+            for _ in range(3):
+                response = await client.get("/", headers=bearer(token))
+                assert response.status_code == 401
+                assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert server.calls == 1  # the JWT, once; the garbage never
+    await introspector.aclose()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
