@@ -326,3 +326,57 @@ async def test_debug_logging_never_shows_hashes_or_keys(
     for record in caplog.records:
         logged = record.getMessage() + repr(record.args)
         assert not [value for value in hidden if value in logged], record.name
+
+
+@pytest.mark.anyio
+async def test_sqlite_waits_for_another_writer_then_writes(tmp_path: Path) -> None:
+    """A write lock held by another process (the CLI) is waited for, not an error."""
+    import sqlite3
+    import time
+
+    store = open_store(f"sqlite:///{tmp_path}/keys.db")
+    try:
+        await store.add(make_record("A" * 12))
+        other = sqlite3.connect(tmp_path / "keys.db", isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN EXCLUSIVE")
+        releaser = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+        releaser.start()
+        started = time.monotonic()
+        await store.add(make_record("B" * 12))
+        assert time.monotonic() - started >= 0.4
+        releaser.join()
+        other.close()
+        assert {r.key_id for r in await store.list()} == {"A" * 12, "B" * 12}
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_lookup_cut_off_by_its_deadline_leaves_no_lock_behind(
+    tmp_path: Path, hasher: KeyHasher
+) -> None:
+    """A deadline that cancels a lookup waiting on SQLite's lock must not leave the
+    connection holding a lock: another process's revoke right after still works."""
+    import sqlite3
+
+    import anyio
+
+    url = f"sqlite:///{tmp_path}/keys.db"
+    server, admin = open_store(url), open_store(url)  # two processes, in effect
+    try:
+        issued = await KeyManager(server, hasher).create("a")
+        verifier = KeyVerifier(server, hasher, deadline=0.3)
+        other = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # a long write elsewhere (a VACUUM, say)
+        with pytest.raises(BackendUnavailableError, match="no answer within"):
+            await verifier.verify(issued.key.encode())
+        other.execute("COMMIT")
+        other.close()
+        with anyio.fail_after(5):
+            await KeyManager(admin, hasher).revoke(issued.record.key_id)
+        record = await server.get(issued.record.key_id)
+        assert record is not None
+        assert record.revoked_at is not None
+    finally:
+        await server.aclose()
+        await admin.aclose()

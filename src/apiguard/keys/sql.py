@@ -7,13 +7,16 @@ code is meant to serve PostgreSQL. Install with `pip install 'apiguard[sqlite]'`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import anyio
 
 from apiguard.exceptions import (
     BackendUnavailableError,
@@ -35,6 +38,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     ) from exc
 
 __all__ = ["SQLKeyStore"]
+
+logger = logging.getLogger("apiguard.keys")
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite"}
 
@@ -146,6 +151,50 @@ async def _open_sqlite(*args: Any, **kwargs: Any) -> Any:
         raise
 
 
+_LOCK_POLL = 0.05  # seconds SQLite itself waits for a lock before we retry
+LOCK_TIMEOUT = 10.0  # seconds a SQLite operation waits for another process's lock in all
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Locked(Exception):
+    """SQLite's lock is held by another connection: retry after a pause."""
+
+
+async def _close_quietly(conn: AsyncConnection) -> None:
+    try:
+        await conn.close()
+    except Exception:  # the original error, if any, is the one to report
+        logger.debug("closing a key store connection failed", exc_info=True)
+
+
+def _retry_while_locked(
+    method: Callable[Concatenate[SQLKeyStore, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SQLKeyStore, P], Coroutine[Any, Any, T]]:
+    """Retry `method` while SQLite reports another connection's lock, up to `LOCK_TIMEOUT`.
+
+    The pauses are cancellable awaits, so a deadline interrupts the wait cleanly.
+    """
+
+    @functools.wraps(method)
+    async def retrying(store: SQLKeyStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        waited, pause = 0.0, 0.005
+        while True:
+            try:
+                return await method(store, *args, **kwargs)
+            except _Locked:
+                if waited >= LOCK_TIMEOUT:
+                    raise BackendUnavailableError(
+                        "key store unavailable: database is locked"
+                    ) from None
+            await anyio.sleep(pause)
+            waited += pause + _LOCK_POLL
+            pause = min(pause * 2, 0.1)
+
+    return retrying
+
+
 class SQLKeyStore(BaseKeyStore):
     """A key store in a SQL database. The table `apiguard_keys` is created on first use.
 
@@ -173,9 +222,11 @@ class SQLKeyStore(BaseKeyStore):
         # Driver errors must not carry statement parameters (a secret hash) into logs.
         engine_options.setdefault("hide_parameters", True)
         if engine_url.startswith("sqlite"):
-            # Wait for a writer in another process (the CLI) instead of failing at once.
+            # SQLite waits for another process's write lock inside a blocking call
+            # that nothing can cancel; a short wait there, retried here between
+            # awaits (`_retry_while_locked`), keeps every wait cancellable.
             engine_options.setdefault(
-                "connect_args", {"timeout": 10, "async_creator_fn": _open_sqlite}
+                "connect_args", {"timeout": _LOCK_POLL, "async_creator_fn": _open_sqlite}
             )
         try:
             engine = create_async_engine(engine_url, **engine_options)
@@ -192,7 +243,12 @@ class SQLKeyStore(BaseKeyStore):
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; driver errors become `BackendUnavailableError`."""
+        """A transaction; driver errors become `BackendUnavailableError`.
+
+        The connection is closed (rolled back and returned to the pool) even when the
+        caller is cancelled, a deadline say: left to the garbage collector, an
+        abandoned SQLite connection keeps its lock and blocks other processes' writes.
+        """
         try:
             if not self._schema_ready:
                 async with self._schema_lock:
@@ -200,10 +256,19 @@ class SQLKeyStore(BaseKeyStore):
                         async with self._engine.begin() as conn:
                             await conn.run_sync(_metadata.create_all)
                         self._schema_ready = True
-            async with self._engine.begin() as conn:
-                yield conn
+            conn = await self._engine.connect()
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _close_quietly(conn)
         except sa_exc.IntegrityError as exc:
             raise KeyStateError("a key with that id already exists") from exc
+        except sa_exc.OperationalError as exc:
+            if "database is locked" in str(exc.orig):
+                raise _Locked from None
+            raise BackendUnavailableError(f"key store unavailable: {type(exc).__name__}") from exc
         except (sa_exc.DBAPIError, sa_exc.InterfaceError, OSError, TimeoutError) as exc:
             raise BackendUnavailableError(f"key store unavailable: {type(exc).__name__}") from exc
 
@@ -212,14 +277,17 @@ class SQLKeyStore(BaseKeyStore):
         row = result.mappings().first()
         return None if row is None else _from_row(row)
 
+    @_retry_while_locked
     async def get(self, key_id: str) -> KeyRecord | None:
         async with self._connect() as conn:
             return await self._get(conn, key_id)
 
+    @_retry_while_locked
     async def add(self, record: KeyRecord) -> None:
         async with self._connect() as conn:
             await conn.execute(sa.insert(keys_table).values(_to_row(record)))
 
+    @_retry_while_locked
     async def list(self, *, name: str | None = None) -> list[KeyRecord]:
         query = sa.select(keys_table).order_by(keys_table.c.created_at, keys_table.c.key_id)
         if name is not None:
@@ -228,6 +296,7 @@ class SQLKeyStore(BaseKeyStore):
             result = await conn.execute(query)
             return [_from_row(row) for row in result.mappings()]
 
+    @_retry_while_locked
     async def revoke(self, key_id: str, *, at: datetime) -> KeyRecord:
         async with self._connect() as conn:
             await conn.execute(
@@ -241,6 +310,7 @@ class SQLKeyStore(BaseKeyStore):
         self._changed(key_id)
         return record
 
+    @_retry_while_locked
     async def rotate(self, key_id: str, new: KeyRecord, *, old_expires_at: datetime) -> KeyRecord:
         async with self._connect() as conn:
             if await self._get(conn, key_id) is None:
@@ -263,6 +333,7 @@ class SQLKeyStore(BaseKeyStore):
         self._changed(key_id)
         return old
 
+    @_retry_while_locked
     async def update_hash(self, key_id: str, secret_hash: str) -> None:
         async with self._connect() as conn:
             result = await conn.execute(
@@ -273,6 +344,7 @@ class SQLKeyStore(BaseKeyStore):
         if result.rowcount == 0:
             raise KeyNotFoundError(f"no key with id {key_id!r}")
 
+    @_retry_while_locked
     async def record_usage(self, key_id: str, *, at: datetime) -> None:
         async with self._connect() as conn:
             await conn.execute(
