@@ -39,8 +39,6 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 __all__ = ["SQLKeyStore"]
 
-logger = logging.getLogger("apiguard.keys")
-
 _DRIVERS = {"sqlite": "sqlite+aiosqlite"}
 
 
@@ -162,13 +160,6 @@ class _Locked(Exception):
     """SQLite's lock is held by another connection: retry after a pause."""
 
 
-async def _close_quietly(conn: AsyncConnection) -> None:
-    try:
-        await conn.close()
-    except Exception:  # the original error, if any, is the one to report
-        logger.debug("closing a key store connection failed", exc_info=True)
-
-
 def _retry_while_locked(
     method: Callable[Concatenate[SQLKeyStore, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[SQLKeyStore, P], Coroutine[Any, Any, T]]:
@@ -209,6 +200,7 @@ class SQLKeyStore(BaseKeyStore):
         self._owns_engine = _owns_engine
         if engine.dialect.driver == "aiosqlite":
             logging.getLogger("aiosqlite").addFilter(_no_call_arguments)  # once: a no-op after
+        self._shielded = engine.dialect.name == "sqlite"
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
 
@@ -245,10 +237,18 @@ class SQLKeyStore(BaseKeyStore):
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
         """A transaction; driver errors become `BackendUnavailableError`.
 
-        The connection is closed (rolled back and returned to the pool) even when the
-        caller is cancelled, a deadline say: left to the garbage collector, an
-        abandoned SQLite connection keeps its lock and blocks other processes' writes.
+        On SQLite the transaction is shielded from cancellation (a deadline, say):
+        cut off inside a statement, SQLAlchemy abandons the connection to the garbage
+        collector with its lock held, and other processes cannot write. Each attempt
+        is short (SQLite waits at most `_LOCK_POLL` for a lock); the waits between
+        attempts, in `_retry_while_locked`, are where a cancellation lands.
         """
+        with anyio.CancelScope(shield=self._shielded):
+            async with self._transaction() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         try:
             if not self._schema_ready:
                 async with self._schema_lock:
@@ -256,13 +256,8 @@ class SQLKeyStore(BaseKeyStore):
                         async with self._engine.begin() as conn:
                             await conn.run_sync(_metadata.create_all)
                         self._schema_ready = True
-            conn = await self._engine.connect()
-            try:
-                async with conn.begin():
-                    yield conn
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(conn)
+            async with self._engine.begin() as conn:
+                yield conn
         except sa_exc.IntegrityError as exc:
             raise KeyStateError("a key with that id already exists") from exc
         except sa_exc.OperationalError as exc:
