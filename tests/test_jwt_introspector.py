@@ -251,11 +251,12 @@ async def test_time_claims_must_be_numbers(introspector: JWTIntrospector, claim:
 async def test_deeply_nested_header_is_an_invalid_token(
     introspector: JWTIntrospector, idp: FakeIssuer
 ) -> None:
-    """RFC 7515 §4: the JOSE header is a JSON object; nesting too deep to parse is refused
-    as malformed (401), not an error (503)."""
+    """RFC 7515 §4: the JOSE header is a JSON object with string members; nesting too deep
+    for the parser (RecursionError before Python 3.13) is refused (401), never an error
+    (503)."""
     header = b'{"alg":' + b"[" * 2500 + b"]" * 2500 + b"}"
     token = f"{b64(header)}.e30.c2ln"
-    assert await refused(introspector, token) == "malformed header"
+    assert await refused(introspector, token) in {"malformed header", "algorithm not allowed"}
     assert idp.requests == []
 
 
