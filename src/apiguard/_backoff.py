@@ -22,13 +22,16 @@ class Backoff:
     After the n-th failure in a row, calls are refused for a delay drawn uniformly
     from [d/2, d] where d = min(`cap`, `base` * 2**(n-1)): the jitter spreads the
     retries of several processes, the growth bounds the calls a long outage costs.
+    Calls are counted by when they started (`start()`): the failures of calls that
+    were already under way when one failed are the same failure, not failures in a
+    row, so a blip under concurrent load costs one short delay.
 
     Args:
         base: Seconds of the first delay (before jitter).
         cap: The longest delay, in seconds.
     """
 
-    __slots__ = ("_base", "_cap", "_clock", "_error", "_failures", "_random", "_until")
+    __slots__ = ("_base", "_cap", "_clock", "_epoch", "_error", "_failures", "_random", "_until")
 
     def __init__(
         self,
@@ -43,22 +46,34 @@ class Backoff:
         self._clock = clock
         self._random = rng
         self._failures = 0
+        self._epoch = 0
         self._until = float("-inf")
         self._error = ""
+
+    def start(self) -> int:
+        """Check (as `check()`) and return a token for the call about to be made."""
+        self.check()
+        return self._epoch
 
     def check(self) -> None:
         """Raise the last failure again while its delay lasts."""
         if self._clock() < self._until:
             raise BackendUnavailableError(f"{self._error} (backing off)")
 
-    def failed(self, error: BackendUnavailableError) -> None:
-        """Record a failure: calls are refused for the next delay."""
+    def failed(self, error: BackendUnavailableError, started: int) -> None:
+        """Record the failure of the call `started` (from `start()`)."""
+        if started != self._epoch:
+            return  # it started before the last outcome was recorded: already counted
+        self._epoch += 1
         self._failures += 1
         delay = min(self._cap, self._base * 2.0 ** min(self._failures - 1, 32))
         self._until = self._clock() + delay * (0.5 + self._random() / 2)
         self._error = str(error)
 
-    def succeeded(self) -> None:
-        """Forget the failures."""
+    def succeeded(self, started: int) -> None:
+        """Forget the failures, unless a call started later has failed since."""
+        if started != self._epoch:
+            return
+        self._epoch += 1
         self._failures = 0
         self._until = float("-inf")

@@ -185,18 +185,18 @@ class RemoteIntrospector:
         """
         if len(token) > self._max_size:
             raise InvalidToken(reason="token too large")
-        self._backoff.check()  # a failing server is not asked again at once
+        started = self._backoff.start()  # a failing server is not asked again at once
         try:
             with anyio.fail_after(self._deadline):
                 answer = await self._ask(token)
         except TimeoutError:
             error = BackendUnavailableError(f"introspection: no answer within {self._deadline:g} s")
-            self._backoff.failed(error)
+            self._backoff.failed(error, started)
             raise error from None
         except BackendUnavailableError as exc:
-            self._backoff.failed(exc)
+            self._backoff.failed(exc, started)
             raise
-        self._backoff.succeeded()
+        self._backoff.succeeded(started)
         return self._check(answer)
 
     async def _ask(self, token: str) -> Mapping[str, Any]:

@@ -203,28 +203,33 @@ class _KeySet:
         return candidates[0] if len(candidates) == 1 else None
 
     async def _refresh_or_keep_stale(self) -> None:
+        usable = self._keys is not None and self._clock() < self._usable_until
+        if usable and "fetch" in self._flight:
+            return  # one request refreshes; the others go on with the keys they have
+        fetches = self.fetches
         try:
             await self._flight.run("fetch", self._fetch)
         except BackendUnavailableError:
             if self._keys is None or self._clock() >= self._usable_until:
                 raise
-            logger.warning(
-                "JWKS refresh failed for %s; using the last good keys", self._issuer.issuer
-            )
+            if self.fetches != fetches:  # once per failed fetch, not per request
+                logger.warning(
+                    "JWKS refresh failed for %s; using the last good keys", self._issuer.issuer
+                )
 
     async def _fetch(self) -> None:
-        self._backoff.check()  # a failing server is not asked again at once
+        started = self._backoff.start()  # a failing server is not asked again at once
         try:
             with anyio.fail_after(self._deadline):
                 await self._fetch_now()
         except TimeoutError:
             error = BackendUnavailableError(f"JWKS: no answer within {self._deadline:g} s")
-            self._backoff.failed(error)
+            self._backoff.failed(error, started)
             raise error from None
         except BackendUnavailableError as exc:
-            self._backoff.failed(exc)
+            self._backoff.failed(exc, started)
             raise
-        self._backoff.succeeded()
+        self._backoff.succeeded(started)
 
     async def _fetch_now(self) -> None:
         self.fetches += 1
