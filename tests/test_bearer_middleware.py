@@ -281,6 +281,21 @@ async def test_leeway_is_one_rule_end_to_end(jwt_client: httpx.AsyncClient) -> N
     assert (await jwt_client.get("/", headers=bearer(mint(exp=now - 40)))).status_code == 401
 
 
+async def test_an_introspector_without_a_leeway_gets_none(make_client: MakeClient) -> None:
+    """RFC 7662 §4: a custom introspector that says nothing of clock skew has its tokens
+    refused from `exp` on, as before the leeway existed."""
+
+    class Plain:
+        async def introspect(self, token: str) -> TokenInfo:
+            return active(expires_at=datetime.now(timezone.utc) - timedelta(seconds=20))
+
+        async def aclose(self) -> None:
+            pass
+
+    async with make_client(BearerTokenMiddleware(make_app(), introspector=Plain())) as client:
+        assert (await client.get("/", headers=bearer("t"))).status_code == 401
+
+
 async def test_cached_grant_ends_with_the_leeway(make_client: MakeClient) -> None:
     class Lenient(CountingIntrospector):
         leeway = 1.0

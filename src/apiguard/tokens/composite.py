@@ -32,8 +32,9 @@ class CompositeIntrospector:
         self._remote = remote
         self._introspect_jwts = introspect_jwts
         # The clock skew allowed past `exp`: the smaller of the two, so that a cached
-        # grant never outlives what either would accept.
-        self.leeway = min(float(getattr(i, "leeway", 30.0)) for i in (jwt, remote))
+        # grant never outlives what either would accept (with unequal leeways, a JWT
+        # is refused from the smaller one on).
+        self.leeway = min(float(getattr(i, "leeway", 0.0)) for i in (jwt, remote))
 
     async def introspect(self, token: str) -> TokenInfo:
         """Route `token` to the validator its shape calls for."""

@@ -23,7 +23,6 @@ from apiguard.types import TokenIntrospector
 __all__ = ["TokenVerifier"]
 
 MAX_SCOPE_SETS = 1024
-DEFAULT_LEEWAY = 30.0
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
@@ -41,7 +40,8 @@ class TokenVerifier:
         introspector: Verifies tokens (`JWTIntrospector`, `RemoteIntrospector`, ...).
         cache: Cache sizes and lifetimes.
         leeway: Seconds of clock skew allowed past `exp`; by default the
-            introspector's own `leeway` (30 s for apiguard's), or 30 s.
+            introspector's own `leeway` attribute (30 s for apiguard's), or 0 for an
+            introspector without one.
     """
 
     def __init__(
@@ -54,7 +54,7 @@ class TokenVerifier:
     ) -> None:
         self.introspector = introspector
         if leeway is None:
-            leeway = float(getattr(introspector, "leeway", DEFAULT_LEEWAY))
+            leeway = float(getattr(introspector, "leeway", 0.0))
         if leeway < 0:
             raise ConfigurationError("leeway cannot be negative")
         self.leeway = leeway
