@@ -291,6 +291,25 @@ async def test_usage_write_failure_does_not_refuse(
     assert not verifier.pending  # dropped, not retried forever
 
 
+async def test_a_flush_is_one_pass_however_fast_new_usage_arrives(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    """The request that flushes writes what was pending when it began, then returns."""
+    manager = KeyManager(counting, hasher)
+    first, second = await manager.create("a"), await manager.create("b")
+    await verifier.verify(first.key.encode())
+    real_write = counting.record_usage
+
+    async def write_while_traffic_goes_on(key_id: str, *, at: datetime) -> None:
+        await verifier.verify(second.key.encode())  # new usage arrives meanwhile
+        await real_write(key_id, at=at)
+
+    counting.record_usage = write_while_traffic_goes_on  # type: ignore[method-assign]
+    with anyio.fail_after(2):
+        await verifier.flush()
+    assert verifier.pending  # the newcomer waits for the next flush
+
+
 async def test_a_hanging_store_is_cut_off_by_the_deadline(
     counting: CountingStore, hasher: KeyHasher
 ) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
+from functools import partial
 from typing import NoReturn
 
 import anyio
@@ -95,6 +96,7 @@ class KeyVerifier:
         self._usage: dict[str, datetime] = {}
         self._new_hashes: dict[str, str] = {}
         self._flushing = False
+        self._dropped = 0
         self.pending = False
         """Whether bookkeeping writes wait for `flush()`."""
         store.add_listener(self.invalidate)
@@ -158,6 +160,8 @@ class KeyVerifier:
             self._new_hashes[record.key_id] = new_hash
         if len(self._usage) < MAX_PENDING_WRITES or record.key_id in self._usage:
             self._usage[record.key_id] = wall_now
+        else:
+            self._dropped += 1
         self.pending = True
         return grant
 
@@ -184,51 +188,55 @@ class KeyVerifier:
     async def flush(self) -> None:
         """Write the pending bookkeeping: last-used times and migrated hashes.
 
-        Best effort and never raising: a write that fails or passes the deadline is
-        logged and dropped. Concurrent calls while one runs return at once.
+        Best effort and never raising: one pass over what is pending when it starts,
+        bounded in all by `deadline`; a write that fails, or that the deadline cuts
+        off, is logged and dropped. Concurrent calls while one runs return at once.
         """
         if self._flushing:
             return
         self._flushing = True
+        new_hashes, self._new_hashes = self._new_hashes, {}
+        usage, self._usage = self._usage, {}
+        dropped, self._dropped = self._dropped, 0
+        if dropped:
+            logger.warning("last use of %d keys not recorded: too many pending writes", dropped)
+        writes = [
+            (key_id, "migrate key hash", partial(self.store.update_hash, key_id, secret_hash))
+            for key_id, secret_hash in new_hashes.items()
+        ] + [
+            (key_id, "record key usage", partial(self.store.record_usage, key_id, at=at))
+            for key_id, at in usage.items()
+        ]
+        done = 0
         try:
-            while self._usage or self._new_hashes:
-                new_hashes, self._new_hashes = self._new_hashes, {}
-                usage, self._usage = self._usage, {}
-                for key_id, secret_hash in new_hashes.items():
-                    if await self._write(self.store.update_hash, key_id, secret_hash):
-                        logger.info("migrated key hash to the default scheme (key_id=%s)", key_id)
-                    else:
-                        logger.warning("could not migrate key hash (key_id=%s)", key_id)
-                for key_id, at in usage.items():
-                    if not await self._write(_record_usage(self.store, at), key_id):
-                        logger.warning("could not record key usage (key_id=%s)", key_id)
+            with anyio.move_on_after(self._deadline):
+                for key_id, what, write in writes:
+                    try:
+                        await write()
+                        if new_hashes.get(key_id) and what == "migrate key hash":
+                            logger.info(
+                                "migrated key hash to the default scheme (key_id=%s)", key_id
+                            )
+                    except ApiGuardError:
+                        logger.warning("could not %s (key_id=%s)", what, key_id)
+                    except Exception:
+                        logger.exception("could not %s (key_id=%s)", what, key_id)
+                    done += 1
+            if done < len(writes):
+                logger.warning(
+                    "key store writes took longer than %g s; %d dropped",
+                    self._deadline,
+                    len(writes) - done,
+                )
         finally:
             self._flushing = False
             self.pending = bool(self._usage or self._new_hashes)
-
-    async def _write(self, write: Callable[..., Awaitable[None]], *args: str) -> bool:
-        try:
-            with anyio.fail_after(self._deadline):
-                await write(*args)
-        except (ApiGuardError, TimeoutError):
-            return False
-        except Exception:
-            logger.exception("key store write failed unexpectedly")
-            return False
-        return True
 
     def _refuse(self, digest: bytes, key_id: str, reason: str, generation: int) -> NoReturn:
         self._verdicts.refuse(digest, reason, generation, tag=key_id)
         error = InvalidCredentials(reason=reason)
         error.credential_id = key_id
         raise error
-
-
-def _record_usage(store: KeyStore, at: datetime) -> Callable[[str], Awaitable[None]]:
-    async def write(key_id: str) -> None:
-        await store.record_usage(key_id, at=at)
-
-    return write
 
 
 def _grant(record: KeyRecord) -> Grant:
