@@ -4,6 +4,7 @@ import base64
 import itertools
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -178,6 +179,40 @@ async def test_expired_keys_during_an_outage_are_not_refetched_per_request(
     assert introspector.key_fetches(ISSUER) == 2
 
 
+async def test_stale_keys_serve_while_one_request_refreshes(
+    idp: FakeIssuer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past the key set's TTL, one request refreshes it; the others do not wait for a
+    slow or failing server while the last good keys are usable, and a failed refresh is
+    logged once, not once per request."""
+    gate = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jwks" and idp.jwks_fetches >= 1:
+            idp.requests.append(request.url.path)
+            await gate.wait()
+            raise httpx.ConnectError("connection refused", request=request)
+        return idp.handler(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        introspector = JWTIntrospector.from_issuer(
+            ISSUER, audience=AUDIENCE, http_client=client, clock=clock
+        )
+        await introspector.introspect(mint())
+        clock.now += 301  # past the TTL, within max_stale
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(introspector.introspect, mint())  # refreshes, and waits
+            await anyio.sleep(0.01)
+            with anyio.fail_after(2):
+                for _ in range(50):
+                    assert (await introspector.introspect(mint())).active
+            gate.set()
+        for _ in range(50):  # the refresh failed: backing off, stale keys, no new log line
+            assert (await introspector.introspect(mint())).active
+    warnings = [r for r in caplog.records if "JWKS refresh failed" in r.getMessage()]
+    assert len(warnings) == introspector.key_fetches(ISSUER) - 1 == 1
+
+
 async def test_a_slow_key_set_is_cut_off_by_the_deadline() -> None:
     """A server that sends one byte at a time cannot hold a request past `deadline`."""
 
@@ -237,6 +272,9 @@ async def test_leeway_allows_small_clock_skew(introspector: JWTIntrospector) -> 
 
     assert (await introspector.introspect(mint(exp=int(time.time()) - 10))).active
     assert introspector.leeway == 30
+    assert JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, leeway=timedelta(5)).leeway == (
+        5 * 86_400  # PyJWT accepts a timedelta too
+    )
 
 
 @pytest.mark.parametrize("claim", ["exp", "iat"])

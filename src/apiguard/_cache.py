@@ -103,6 +103,10 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._calls)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether a call for `key` is under way."""
+        return key in self._calls
+
     async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
         """Return `await fn()`, sharing one run among concurrent callers of `key`."""
         while True:

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -174,8 +175,13 @@ class _KeySet:
             now = self._clock()
             if now - self._last_kid_refetch >= self._cooldown:
                 # OIDC Core §10.1.1: an unfamiliar kid means the keys may have rotated.
-                self._last_kid_refetch = now
-                await self._flight.run("fetch", self._fetch)
+                previous, self._last_kid_refetch = self._last_kid_refetch, now
+                try:
+                    await self._flight.run("fetch", self._fetch)
+                except BackendUnavailableError:
+                    if self.fetches == fetches:  # refused by the backoff: not a refetch
+                        self._last_kid_refetch = previous
+                    raise
                 jwk = self._find(kid, alg)
         if jwk is None:
             error = InvalidToken(reason="no key for kid and alg")
@@ -297,7 +303,7 @@ class JWTIntrospector:
         self,
         *issuers: TrustedIssuer,
         http_client: httpx.AsyncClient | None = None,
-        leeway: float = 30,
+        leeway: float | timedelta = 30,
         max_token_size: int = MAX_TOKEN_SIZE,
         jwks_ttl: float = 300,
         jwks_min_ttl: float = 60,
@@ -313,9 +319,11 @@ class JWTIntrospector:
             raise ConfigurationError("each issuer may be trusted once")
         self._owns_client = http_client is None
         self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        if isinstance(leeway, timedelta):
+            leeway = leeway.total_seconds()
         if leeway < 0 or deadline <= 0:
             raise ConfigurationError("leeway cannot be negative and deadline must be positive")
-        self.leeway = leeway
+        self.leeway = float(leeway)
         self._max_size = max_token_size
         self._issuers: dict[str, tuple[TrustedIssuer, _KeySet]] = {
             issuer.issuer: (
