@@ -285,6 +285,13 @@ def test_sql_store_errors_never_show_the_password(url: str, message: str) -> Non
         ("memory://", "memory://"),
         ("", ""),
         ("::@@//", ":***@//"),  # not a URL: no error, and nothing that could be one shown
+        # libpq and SQLAlchemy also take the password as a query parameter.
+        ("postgresql://app@db.example/k?password=pw", "postgresql://app@db.example/k?password=***"),
+        (
+            "postgresql://db.example/k?sslmode=require&PASSWORD=pw&x=1",
+            "postgresql://db.example/k?sslmode=require&PASSWORD=***&x=1",
+        ),
+        ("postgresql://db.example/k?password=", "postgresql://db.example/k?password="),
     ],
 )
 def test_redact_url(url: str, shown_as: str) -> None:

@@ -9,6 +9,8 @@ __all__ = ["hide_password", "redact_url"]
 
 _MASK = "***"
 _URL_IN_TEXT = re.compile(r"[^\s'\"]*://[^\s'\"]*")
+# Query parameters that carry a password (libpq and SQLAlchemy accept `?password=`).
+_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|pwd|pass|secret)=)([^&#\s'\"]*)", re.I)
 
 
 def _password_span(url: str) -> tuple[int, int] | None:
@@ -33,11 +35,12 @@ def _password_span(url: str) -> tuple[int, int] | None:
 
 
 def redact_url(url: str) -> str:
-    """`url` with the password in its userinfo replaced by `***`; unchanged without one."""
+    """`url` with its password (in the userinfo or a `password=` query parameter)
+    replaced by `***`; unchanged without one."""
     span = _password_span(url)
-    if span is None:
-        return url
-    return url[: span[0]] + _MASK + url[span[1] :]
+    if span is not None:
+        url = url[: span[0]] + _MASK + url[span[1] :]
+    return _SECRET_PARAM.sub(lambda match: match[1] + _MASK if match[2] else match[0], url)
 
 
 def hide_password(text: str, url: str) -> str:
@@ -48,10 +51,10 @@ def hide_password(text: str, url: str) -> str:
     """
     text = _URL_IN_TEXT.sub(lambda match: redact_url(match[0]), text)
     span = _password_span(url)
-    if span is None:
-        return text
-    written = url[span[0] : span[1]]
-    decoded = unquote(written)
-    for form in sorted({written, decoded, quote(decoded, safe="")}, key=len, reverse=True):
-        text = text.replace(form, _MASK)
+    secrets = [url[span[0] : span[1]]] if span is not None else []
+    secrets += [match[2] for match in _SECRET_PARAM.finditer(url) if match[2]]
+    for written in secrets:
+        decoded = unquote(written)
+        for form in sorted({written, decoded, quote(decoded, safe="")}, key=len, reverse=True):
+            text = text.replace(form, _MASK)
     return text
