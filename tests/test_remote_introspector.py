@@ -253,6 +253,20 @@ async def test_exp_must_be_a_number() -> None:
     assert info.value.reason == "malformed time claim"
 
 
+async def test_a_rate_limited_endpoint_is_an_outage_not_a_misconfiguration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 6585 §4: 429 means the server sheds load; 503 for our caller, backed off,
+    without the misconfiguration ERROR."""
+    endpoint = Endpoint(lambda request: httpx.Response(429, headers={"retry-after": "3"}))
+    remote = introspector(endpoint)
+    for _ in range(5):
+        with pytest.raises(BackendUnavailableError, match="429"):
+            await remote.introspect("t")
+    assert len(endpoint.requests) == 1
+    assert "refused this API's request" not in caplog.text
+
+
 def _raise(error: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
     def answer(request: httpx.Request) -> httpx.Response:
         raise error("boom", request=request)

@@ -269,6 +269,10 @@ class RemoteIntrospector:
                 # valid here, and saying so (401) is cached like any refusal.
                 reason = code if code in _TOKEN_ERRORS else "rejected"
                 raise InvalidToken(reason=f"introspection: {reason}")
+        if status == 429:
+            # The server is shedding load (RFC 6585 §4): an outage for our callers,
+            # backed off like one, not a misconfiguration.
+            raise BackendUnavailableError("introspection: HTTP 429 (rate limited)")
         # RFC 7662 §2.3: 401 and 403 (and a 400 invalid_client) mean our own
         # credentials were refused; a 404 or 405, a wrong endpoint: either way a
         # misconfiguration, never the caller's invalid token.
