@@ -101,13 +101,21 @@ def make_redis_server() -> Iterator[Callable[[], RedisServer]]:
         server.remove()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    """Every key store that ships with apiguard."""
+    """Every key store that ships with apiguard, PostgreSQL on a real server."""
     if request.param == "memory":
         key_store: KeyStore = MemoryKeyStore()
-    else:
+    elif request.param == "sqlite":
         key_store = open_store(f"sqlite:///{tmp_path}/keys.db")
+    else:
+        key_store = open_store(request.getfixturevalue(f"{request.param}_url"))
     yield key_store
     await key_store.aclose()
 

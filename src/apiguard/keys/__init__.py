@@ -53,6 +53,9 @@ _SCHEMES: dict[str, str | StoreFactory] = {
     "memory": "apiguard.keys.memory:MemoryKeyStore.from_url",
     "sqlite": "apiguard.keys.sql:SQLKeyStore.from_url",
     "sqlite+aiosqlite": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "postgresql": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "postgres": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "postgresql+asyncpg": "apiguard.keys.sql:SQLKeyStore.from_url",
 }
 
 
@@ -76,6 +79,7 @@ def open_store(url: str) -> KeyStore:
     """Open the key store that `url` names.
 
     `memory://`, `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`,
+    `postgresql://user:password@host:5432/db` (or `postgres://`),
     or any scheme added with `register_scheme()`.
 
     Raises:
