@@ -1,4 +1,4 @@
-"""SQLKeyStore on SQLite and on a real PostgreSQL server: schema creation, URLs, outages."""
+"""SQLKeyStore on SQLite and on a real PostgreSQL server: schema versions, URLs, outages."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from apiguard import BackendUnavailableError, ConfigurationError, KeyStateError
 from apiguard.keys import open_store
 from apiguard.keys import sql as sql_module
-from apiguard.keys.sql import SQLKeyStore, keys_table
+from apiguard.keys.sql import SQLKeyStore, keys_table, schema_table
 from apiguard.testing import make_record
 from tests.servers import PostgresServer, free_port
 
@@ -33,6 +33,17 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+async def versions(url: str) -> list[tuple[str, int]]:
+    """The rows of `apiguard_schema`, read with an engine of the test's own."""
+    engine = SQLKeyStore.from_url(url)._engine
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(sa.select(schema_table.c.component, schema_table.c.version))
+            return [(row[0], row[1]) for row in result]
+    finally:
+        await engine.dispose()
+
+
 async def run_sql(url: str, action: Callable[[sa.Connection], object]) -> None:
     engine = SQLKeyStore.from_url(url)._engine
     try:
@@ -42,14 +53,67 @@ async def run_sql(url: str, action: Callable[[sa.Connection], object]) -> None:
         await engine.dispose()
 
 
-# --- the schema ------------------------------------------------------------------
+# --- the schema and its version -------------------------------------------------
+
+
+async def test_a_new_database_records_the_schema_version(sql_url: str) -> None:
+    """The first use creates both tables and records the version this apiguard makes."""
+    async with SQLKeyStore.from_url(sql_url) as store:
+        assert await store.list() == []
+    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+
+
+async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> None:
+    """A database made before the version table keeps its keys and is recorded as version 1."""
+    await run_sql(sql_url, keys_table.create)
+    await run_sql(
+        sql_url,
+        lambda conn: conn.execute(sa.insert(keys_table).values(sql_module._to_row(make_record()))),
+    )
+    async with SQLKeyStore.from_url(sql_url) as store:
+        assert await store.get("K" * 12) == make_record()
+    assert await versions(sql_url) == [("keys", 1)]
+
+
+async def test_a_newer_schema_is_refused(sql_url: str) -> None:
+    """An older apiguard does not write to tables laid out by a newer one."""
+    async with SQLKeyStore.from_url(sql_url) as store:
+        await store.list()
+    await run_sql(sql_url, lambda conn: conn.execute(sa.update(schema_table).values(version=99)))
+    async with SQLKeyStore.from_url(sql_url) as store:
+        with pytest.raises(ConfigurationError, match=r"version 99, newer than .*upgrade apiguard"):
+            await store.get("K" * 12)
+
+
+async def test_upgrades_run_once_when_workers_start_together(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six stores meet a version 1 database at once: the upgrade runs once, and all work."""
+    async with SQLKeyStore.from_url(sql_url) as store:
+        await store.add(make_record())
+    ran: list[int] = []
+
+    def add_a_column(conn: sa.Connection) -> None:
+        ran.append(1)
+        # Not idempotent: a second run fails (duplicate column).
+        conn.execute(sa.text("ALTER TABLE apiguard_keys ADD COLUMN note VARCHAR(20)"))
+
+    monkeypatch.setattr(sql_module, "_UPGRADES", [add_a_column])
+    stores = [SQLKeyStore.from_url(sql_url) for _ in range(6)]
+    try:
+        found = await asyncio.gather(*(s.get("K" * 12) for s in stores))
+    finally:
+        await asyncio.gather(*(s.aclose() for s in stores))
+    assert found == [make_record()] * 6
+    assert ran == [1]
+    assert await versions(sql_url) == [("keys", 2)]
 
 
 async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
-    """Eight stores with engines of their own create the table on one new database at once.
+    """Eight stores with engines of their own create the schema on one new database at once.
 
     On PostgreSQL, concurrent CREATE TABLE IF NOT EXISTS can collide in the catalog;
-    the tables are created under an advisory lock.
+    the schema check runs under an advisory lock.
     """
     for _ in range(3):
         stores = [SQLKeyStore.from_url(sql_url) for _ in range(8)]
@@ -58,6 +122,7 @@ async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
         finally:
             await asyncio.gather(*(s.aclose() for s in stores))
         assert results == [[]] * 8
+        assert await versions(sql_url) == [("keys", 1)]
         await run_sql(sql_url, lambda conn: sql_module._metadata.drop_all(conn))
 
 

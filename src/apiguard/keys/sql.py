@@ -5,8 +5,10 @@ SQLite through aiosqlite is the embedded default (`sqlite:///keys.db`,
 (`postgresql://user:password@host/db`, `pip install 'apiguard[postgres]'`). Both run
 the same statements on the same tables.
 
-The first store to use a database creates the table, under a lock, so that several
-workers starting at once do not collide.
+The schema carries a version, in the table `apiguard_schema`. The first store to use
+a database creates the tables and records the version; a later apiguard whose schema
+differs upgrades the database one version at a time, under a lock, so that several
+workers starting at once neither race nor upgrade twice.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -92,8 +94,53 @@ keys_table = sa.Table(
     sa.Column("last_used_at", _UTCDateTime),
     sa.Column("metadata", sa.JSON, nullable=False),
 )
-# Any fixed number: the PostgreSQL advisory lock held while the schema is created.
+# One row per versioned part of the schema; the keys table is "keys".
+schema_table = sa.Table(
+    "apiguard_schema",
+    _metadata,
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+# Schema upgrades, in order: _UPGRADES[0] takes a database from version 1 to 2, and so
+# on. Each runs in the transaction that records the new version. Version 1 is the
+# layout above, the one apiguard used before it recorded versions.
+_UPGRADES: list[Callable[[sa.Connection], None]] = []
+# Any fixed number: the PostgreSQL advisory lock held while the schema is checked.
 _SCHEMA_LOCK = 0x61706967756172  # "apiguar"
+
+
+def schema_version() -> int:
+    """The schema version this apiguard creates and upgrades databases to."""
+    return 1 + len(_UPGRADES)
+
+
+def _prepare_schema(conn: sa.Connection) -> None:
+    """Create the tables, or upgrade them, and record the version; under a lock."""
+    tables = set(sa.inspect(conn).get_table_names())
+    version = None
+    if schema_table.name in tables:
+        version = conn.scalar(
+            sa.select(schema_table.c.version).where(schema_table.c.component == "keys")
+        )
+    if version is None:
+        # A keys table without a recorded version has version 1's layout.
+        version = 1 if keys_table.name in tables else schema_version()
+        _metadata.create_all(conn)
+        conn.execute(sa.insert(schema_table).values(component="keys", version=version))
+    if version > schema_version():
+        raise ConfigurationError(
+            f"the key store's schema is version {version}, newer than this apiguard's "
+            f"({schema_version()}): upgrade apiguard"
+        )
+    for upgrade in _UPGRADES[version - 1 :]:
+        upgrade(conn)
+        version += 1
+        conn.execute(
+            sa.update(schema_table)
+            .where(schema_table.c.component == "keys")
+            .values(version=version)
+        )
 
 
 def _to_row(record: KeyRecord) -> dict[str, Any]:
@@ -184,7 +231,8 @@ async def _open_sqlite(*args: Any, **kwargs: Any) -> Any:
 class SQLKeyStore(BaseKeyStore):
     """A key store in a SQL database: SQLite or PostgreSQL.
 
-    The table `apiguard_keys` is created on first use.
+    The tables (`apiguard_keys`, and `apiguard_schema` for the schema version) are
+    created on first use.
 
     Args:
         engine: An SQLAlchemy `AsyncEngine`. The store does not dispose of an engine
@@ -259,7 +307,7 @@ class SQLKeyStore(BaseKeyStore):
         return f"SQLKeyStore(url={self._engine.url.render_as_string(hide_password=True)!r})"
 
     async def _prepare(self) -> None:
-        """Create the schema, once per store, one process at a time."""
+        """Create or upgrade the schema, once per store, one process at a time."""
         async with self._schema_lock:
             if self._schema_ready:
                 return
@@ -271,7 +319,7 @@ class SQLKeyStore(BaseKeyStore):
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                     await conn.exec_driver_sql("BEGIN IMMEDIATE")
                     try:
-                        await conn.run_sync(_metadata.create_all)
+                        await conn.run_sync(_prepare_schema)
                     except BaseException:
                         await conn.exec_driver_sql("ROLLBACK")
                         raise
@@ -280,11 +328,11 @@ class SQLKeyStore(BaseKeyStore):
                     async with conn.begin():
                         if conn.dialect.name == "postgresql":
                             # Concurrent CREATE TABLE IF NOT EXISTS can still collide
-                            # in PostgreSQL's catalog: one creation at a time.
+                            # in PostgreSQL's catalog: one schema check at a time.
                             await conn.execute(
                                 sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK))
                             )
-                        await conn.run_sync(_metadata.create_all)
+                        await conn.run_sync(_prepare_schema)
             self._schema_ready = True
 
     @asynccontextmanager
