@@ -106,10 +106,11 @@ def make_redis_server() -> Iterator[Callable[[], RedisServer]]:
         "memory",
         "sqlite",
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
     ]
 )
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    """Every key store that ships with apiguard, PostgreSQL on a real server."""
+    """Every key store that ships with apiguard, PostgreSQL and Redis on real servers."""
     if request.param == "memory":
         key_store: KeyStore = MemoryKeyStore()
     elif request.param == "sqlite":

@@ -195,7 +195,13 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     assert "key store unavailable" in result.output
 
 
-@pytest.mark.parametrize("server", [pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+)
 def test_keys_on_a_real_server(
     server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,7 +267,7 @@ def password_schemes() -> Iterator[None]:
     ("url", "shown"),
     [
         (f"mysql://app:{PASSWORD}@db.example/keys", "mysql://app:***@db.example/keys"),
-        (f"redis://:{PASSWORD}@cache.example", "redis://:***@cache.example"),
+        (f"memcached://:{PASSWORD}@cache.example", "memcached://:***@cache.example"),
         (f"sqlite://app:{PASSWORD}@host/keys.db", "sqlite+aiosqlite://app:***@host/keys.db"),
         (f"leaky://app:{PASSWORD}@db.example", "leaky://app:***@db.example"),
     ],

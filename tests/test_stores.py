@@ -44,6 +44,9 @@ class TestShippedStores(KeyStoreContract):
         ("postgresql://app:pw@db.example:5432/keys", "SQLKeyStore"),
         ("postgres://app:pw@db.example/keys", "SQLKeyStore"),
         ("postgresql+asyncpg://app:pw@db.example/keys", "SQLKeyStore"),
+        ("redis://cache.example:6379/0", "RedisKeyStore"),
+        ("rediss://:pw@cache.example:6380/1", "RedisKeyStore"),
+        ("unix:///run/redis/redis.sock?db=2", "RedisKeyStore"),
     ],
 )
 def test_open_store_by_url(url: str, kind: str) -> None:
@@ -244,8 +247,8 @@ sa_registry.register("leaky", __name__, "LeakyDialect")
             id="unknown-scheme",
         ),
         pytest.param(
-            f"redis://:{PASSWORD}@cache.example:6379/0",
-            "unknown key store URL scheme in 'redis://:***@cache.example:6379/0'",
+            f"memcached://:{PASSWORD}@cache.example:11211/0",
+            "unknown key store URL scheme in 'memcached://:***@cache.example:11211/0'",
             id="password-only",
         ),
         pytest.param(
