@@ -5,7 +5,7 @@ import pytest
 # The contract suite in apiguard.testing asserts; let pytest explain its failures.
 pytest.register_assert_rewrite("apiguard.testing")
 
-from collections.abc import AsyncIterator, Callable  # noqa: E402
+from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -13,6 +13,7 @@ import httpx  # noqa: E402
 
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore, open_store  # noqa: E402
 from apiguard.types import ASGIApp, KeyStore  # noqa: E402
+from tests.servers import PostgresCluster, PostgresServer, RedisServer  # noqa: E402
 
 PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -28,13 +29,94 @@ def hasher() -> KeyHasher:
     return KeyHasher(PEPPER)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+# --- real servers (tests/servers.py) -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL data directory, made once, that each server starts from a copy of."""
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_cluster: PostgresCluster) -> Iterator[PostgresServer]:
+    """The PostgreSQL server the store tests share; each test has a database of its own."""
+    server = PostgresServer(postgres_cluster)
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database, dropped after the test."""
+    database = postgres_server.create_database()
+    yield postgres_server.url(database)
+    postgres_server.drop_database(database)
+
+
+@pytest.fixture
+def make_postgres_server(
+    postgres_cluster: PostgresCluster,
+) -> Iterator[Callable[[], PostgresServer]]:
+    """Start servers of the test's own (to stop or pause), all removed after it."""
+    servers: list[PostgresServer] = []
+
+    def make() -> PostgresServer:
+        servers.append(PostgresServer(postgres_cluster))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The redis-server the store tests share; emptied before each test that uses it."""
+    server = RedisServer()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the shared Redis server, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url()
+
+
+@pytest.fixture
+def make_redis_server() -> Iterator[Callable[[], RedisServer]]:
+    """Start Redis servers of the test's own (to stop or pause), all removed after it."""
+    servers: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        servers.append(RedisServer())
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.remove()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    """Every key store that ships with apiguard."""
+    """Every key store that ships with apiguard, PostgreSQL and Redis on real servers."""
     if request.param == "memory":
         key_store: KeyStore = MemoryKeyStore()
-    else:
+    elif request.param == "sqlite":
         key_store = open_store(f"sqlite:///{tmp_path}/keys.db")
+    else:
+        key_store = open_store(request.getfixturevalue(f"{request.param}_url"))
     yield key_store
     await key_store.aclose()
 

@@ -195,6 +195,35 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     assert "key store unavailable" in result.output
 
 
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+)
+def test_keys_on_a_real_server(
+    server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI on a real server: the URL shown without its password, refused without it."""
+    url: str = request.getfixturevalue(f"{server}_url")
+    password = url.split("@")[0].rsplit(":", 1)[1]
+    monkeypatch.setenv("APIGUARD_STORE", url)
+    monkeypatch.setenv("APIGUARD_PEPPER", PEPPER)
+    ready = cli("keys", "init").output
+    assert url.replace(password, "***") in ready
+    assert password not in ready
+    created = create("--name", "billing", "--scope", "items:read")
+    cli("keys", "revoke", created["key_id"])
+    [listed] = json.loads(cli("keys", "list", "--json").output)
+    assert (listed["key_id"], listed["status"]) == (created["key_id"], "revoked")
+    wrong = url.replace(password, "Wr0ng-Passw0rd")
+    refused = cli("keys", "list", "--store", wrong, ok=False)
+    assert refused.exit_code == 1
+    assert "key store unavailable" in refused.output
+    assert "Wr0ng-Passw0rd" not in refused.output
+
+
 # --- store URLs with passwords ------------------------------------------------
 
 PASSWORD = "s3cret-Pa55"
@@ -237,8 +266,8 @@ def password_schemes() -> Iterator[None]:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        (f"postgresql://app:{PASSWORD}@db.example/keys", "postgresql://app:***@db.example/keys"),
-        (f"redis://:{PASSWORD}@cache.example", "redis://:***@cache.example"),
+        (f"mysql://app:{PASSWORD}@db.example/keys", "mysql://app:***@db.example/keys"),
+        (f"memcached://:{PASSWORD}@cache.example", "memcached://:***@cache.example"),
         (f"sqlite://app:{PASSWORD}@host/keys.db", "sqlite+aiosqlite://app:***@host/keys.db"),
         (f"leaky://app:{PASSWORD}@db.example", "leaky://app:***@db.example"),
     ],

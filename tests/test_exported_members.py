@@ -51,6 +51,7 @@ def test_public_api_is_pinned() -> None:
         "KeyVerifier",
         "MemoryKeyStore",
         "ParsedKey",
+        "RedisKeyStore",
         "SQLKeyStore",
         "format_key",
         "generate_key",

@@ -16,6 +16,7 @@ SRC = Path(apiguard.__file__).parent
 # Modules that exist to use an optional package, named by the extra that installs it.
 OPTIONAL: dict[str, str] = {
     "fastapi.py": "fastapi",
+    "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
 }
 # The contract suite and test helpers run inside the user's own pytest.

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import registry as sa_registry
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 
 import apiguard.keys
-from apiguard import BackendUnavailableError, ConfigurationError
+from apiguard import BackendUnavailableError, ConfigurationError, KeyNotFoundError, KeyStateError
 from apiguard.keys import (
     BaseKeyStore,
     KeyHasher,
@@ -35,21 +35,26 @@ class TestShippedStores(KeyStoreContract):
     """The contract suite over every store that ships (the `store` fixture in conftest)."""
 
 
-def test_stores_satisfy_the_protocol(tmp_path: Path) -> None:
-    assert isinstance(MemoryKeyStore(), KeyStore)
-    assert isinstance(open_store(f"sqlite:///{tmp_path}/k.db"), KeyStore)
-
-
 @pytest.mark.parametrize(
     ("url", "kind"),
     [
         ("memory://", "MemoryKeyStore"),
         ("sqlite:///keys.db", "SQLKeyStore"),
         ("sqlite+aiosqlite:///keys.db", "SQLKeyStore"),
+        ("postgresql://app:pw@db.example:5432/keys", "SQLKeyStore"),
+        ("postgres://app:pw@db.example/keys", "SQLKeyStore"),
+        ("postgresql+asyncpg://app:pw@db.example/keys", "SQLKeyStore"),
+        ("redis://cache.example:6379/0", "RedisKeyStore"),
+        ("rediss://:pw@cache.example:6380/1", "RedisKeyStore"),
+        ("unix:///run/redis/redis.sock?db=2", "RedisKeyStore"),
     ],
 )
 def test_open_store_by_url(url: str, kind: str) -> None:
-    assert type(open_store(url)).__name__ == kind
+    """Opening connects to nothing yet; each store satisfies the protocol."""
+    store = open_store(url)
+    assert type(store).__name__ == kind
+    assert isinstance(store, KeyStore)
+    asyncio.run(store.aclose())
 
 
 @pytest.mark.parametrize("url", ["redis2://x", "keys.db", "", "memory://extra"])
@@ -105,6 +110,40 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "apiguard.keys.sql", raising=False)
     with pytest.raises(ConfigurationError, match=r"apiguard\[sqlite\]"):
         open_store("sqlite:///keys.db")
+
+
+@pytest.mark.anyio
+async def test_the_same_key_id_added_at_once_is_stored_once(store: KeyStore) -> None:
+    """Twenty adds of one key id race: exactly one succeeds, the rest are refused."""
+    results = await asyncio.gather(
+        *(store.add(make_record(name=f"owner-{i}")) for i in range(20)), return_exceptions=True
+    )
+    assert results.count(None) == 1
+    assert all(isinstance(r, KeyStateError) for r in results if r is not None)
+    got = await store.get("K" * 12)
+    assert got is not None
+    assert got.name == f"owner-{results.index(None)}"
+
+
+@pytest.mark.anyio
+async def test_update_hash_of_an_unknown_key_raises(store: KeyStore) -> None:
+    """Replacing the hash of a key that does not exist creates nothing."""
+    with pytest.raises(KeyNotFoundError):
+        await store.update_hash("unknown00000", "$hmac-sha256$" + "1" * 64)
+    assert await store.get("unknown00000") is None
+
+
+@pytest.mark.anyio
+async def test_list_breaks_ties_by_key_id_in_byte_order(store: KeyStore) -> None:
+    """Upper case before lower case on every store, whatever the database's collation."""
+    for key_id in ("abcdefghijkl", "ABCDEFGHIJKL", "0bcdefghijkl", "Zbcdefghijkl"):
+        await store.add(make_record(key_id))
+    assert [r.key_id for r in await store.list()] == [
+        "0bcdefghijkl",
+        "ABCDEFGHIJKL",
+        "Zbcdefghijkl",
+        "abcdefghijkl",
+    ]
 
 
 @pytest.mark.anyio
@@ -203,13 +242,13 @@ sa_registry.register("leaky", __name__, "LeakyDialect")
     ("url", "message"),
     [
         pytest.param(
-            f"postgresql://app:{PASSWORD}@db.example/keys",
-            "unknown key store URL scheme in 'postgresql://app:***@db.example/keys'",
+            f"mysql://app:{PASSWORD}@db.example/keys",
+            "unknown key store URL scheme in 'mysql://app:***@db.example/keys'",
             id="unknown-scheme",
         ),
         pytest.param(
-            f"redis://:{PASSWORD}@cache.example:6379/0",
-            "unknown key store URL scheme in 'redis://:***@cache.example:6379/0'",
+            f"memcached://:{PASSWORD}@cache.example:11211/0",
+            "unknown key store URL scheme in 'memcached://:***@cache.example:11211/0'",
             id="password-only",
         ),
         pytest.param(

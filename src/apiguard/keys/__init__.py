@@ -23,6 +23,7 @@ from apiguard.keys.verifier import KeyVerifier
 from apiguard.types import KeyStore
 
 if TYPE_CHECKING:
+    from apiguard.keys.redis import RedisKeyStore
     from apiguard.keys.sql import SQLKeyStore
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "KeyVerifier",
     "MemoryKeyStore",
     "ParsedKey",
+    "RedisKeyStore",
     "SQLKeyStore",
     "format_key",
     "generate_key",
@@ -53,6 +55,12 @@ _SCHEMES: dict[str, str | StoreFactory] = {
     "memory": "apiguard.keys.memory:MemoryKeyStore.from_url",
     "sqlite": "apiguard.keys.sql:SQLKeyStore.from_url",
     "sqlite+aiosqlite": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "postgresql": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "postgres": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "postgresql+asyncpg": "apiguard.keys.sql:SQLKeyStore.from_url",
+    "redis": "apiguard.keys.redis:RedisKeyStore.from_url",
+    "rediss": "apiguard.keys.redis:RedisKeyStore.from_url",
+    "unix": "apiguard.keys.redis:RedisKeyStore.from_url",
 }
 
 
@@ -76,6 +84,8 @@ def open_store(url: str) -> KeyStore:
     """Open the key store that `url` names.
 
     `memory://`, `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`,
+    `postgresql://user:password@host:5432/db` (or `postgres://`),
+    `redis://[:password@]host:6379/0`, `rediss://…` (TLS), `unix:///path/redis.sock?db=0`,
     or any scheme added with `register_scheme()`.
 
     Raises:
@@ -94,8 +104,13 @@ def open_store(url: str) -> KeyStore:
 
 
 def __getattr__(name: str) -> Any:
+    # The stores that need an extra are imported when first named.
     if name == "SQLKeyStore":
         from apiguard.keys.sql import SQLKeyStore
 
         return SQLKeyStore
+    if name == "RedisKeyStore":
+        from apiguard.keys.redis import RedisKeyStore
+
+        return RedisKeyStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

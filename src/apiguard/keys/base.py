@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 __all__ = ["BaseKeyStore"]
 
 logger = logging.getLogger("apiguard.keys")
+
+# `typing.Self` is new in Python 3.11.
+_Store = TypeVar("_Store", bound="BaseKeyStore")
 
 
 class BaseKeyStore:
@@ -44,7 +48,7 @@ class BaseKeyStore:
     async def aclose(self) -> None:
         """Release resources held by the store. The base implementation holds none."""
 
-    async def __aenter__(self) -> BaseKeyStore:
+    async def __aenter__(self: _Store) -> _Store:
         return self
 
     async def __aexit__(

@@ -1,7 +1,14 @@
 """`SQLKeyStore`: keys in a SQL database through SQLAlchemy 2 (async).
 
-SQLite through aiosqlite is the embedded default (`sqlite:///keys.db`); the same
-code is meant to serve PostgreSQL. Install with `pip install 'apiguard[sqlite]'`.
+SQLite through aiosqlite is the embedded default (`sqlite:///keys.db`,
+`pip install 'apiguard[sqlite]'`); PostgreSQL goes through asyncpg
+(`postgresql://user:password@host/db`, `pip install 'apiguard[postgres]'`). Both run
+the same statements on the same tables.
+
+The schema carries a version, in the table `apiguard_schema`. The first store to use
+a database creates the tables and records the version; a later apiguard whose schema
+differs upgrades the database one version at a time, under a lock, so that several
+workers starting at once neither race nor upgrade twice.
 """
 
 from __future__ import annotations
@@ -34,12 +41,20 @@ try:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
-        "SQLKeyStore needs SQLAlchemy and aiosqlite: pip install 'apiguard[sqlite]'"
+        "SQLKeyStore needs SQLAlchemy and a driver: pip install 'apiguard[sqlite]' "
+        "for SQLite, 'apiguard[postgres]' for PostgreSQL"
     ) from exc
 
 __all__ = ["SQLKeyStore"]
 
-_DRIVERS = {"sqlite": "sqlite+aiosqlite"}
+# URL scheme -> SQLAlchemy dialect+driver; other schemes go to SQLAlchemy as written.
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+# SQLAlchemy dialect -> the extra that installs its driver.
+_EXTRAS = {"sqlite": "sqlite", "postgresql": "postgres"}
 
 
 class _UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -66,7 +81,13 @@ _metadata = sa.MetaData()
 keys_table = sa.Table(
     "apiguard_keys",
     _metadata,
-    sa.Column("key_id", sa.String(32), primary_key=True),
+    # Byte order on PostgreSQL too, as on SQLite and in Python: `list()` breaks ties
+    # by key id, and key ids mix upper and lower case.
+    sa.Column(
+        "key_id",
+        sa.String(32).with_variant(sa.String(32, collation="C"), "postgresql"),
+        primary_key=True,
+    ),
     sa.Column("name", sa.String(255), nullable=False, index=True),
     sa.Column("secret_hash", sa.Text, nullable=False),
     sa.Column("scopes", sa.JSON, nullable=False),
@@ -76,6 +97,53 @@ keys_table = sa.Table(
     sa.Column("last_used_at", _UTCDateTime),
     sa.Column("metadata", sa.JSON, nullable=False),
 )
+# One row per versioned part of the schema; the keys table is "keys".
+schema_table = sa.Table(
+    "apiguard_schema",
+    _metadata,
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+# Schema upgrades, in order: _UPGRADES[0] takes a database from version 1 to 2, and so
+# on. Each runs in the transaction that records the new version. Version 1 is the
+# layout above, the one apiguard used before it recorded versions.
+_UPGRADES: list[Callable[[sa.Connection], None]] = []
+# Any fixed number: the PostgreSQL advisory lock held while the schema is checked.
+_SCHEMA_LOCK = 0x61706967756172  # "apiguar"
+
+
+def schema_version() -> int:
+    """The schema version this apiguard creates and upgrades databases to."""
+    return 1 + len(_UPGRADES)
+
+
+def _prepare_schema(conn: sa.Connection) -> None:
+    """Create the tables, or upgrade them, and record the version; under a lock."""
+    tables = set(sa.inspect(conn).get_table_names())
+    version = None
+    if schema_table.name in tables:
+        version = conn.scalar(
+            sa.select(schema_table.c.version).where(schema_table.c.component == "keys")
+        )
+    if version is None:
+        # A keys table without a recorded version has version 1's layout.
+        version = 1 if keys_table.name in tables else schema_version()
+        _metadata.create_all(conn)
+        conn.execute(sa.insert(schema_table).values(component="keys", version=version))
+    if version > schema_version():
+        raise ConfigurationError(
+            f"the key store's schema is version {version}, newer than this apiguard's "
+            f"({schema_version()}): upgrade apiguard"
+        )
+    for upgrade in _UPGRADES[version - 1 :]:
+        upgrade(conn)
+        version += 1
+        conn.execute(
+            sa.update(schema_table)
+            .where(schema_table.c.component == "keys")
+            .values(version=version)
+        )
 
 
 def _to_row(record: KeyRecord) -> dict[str, Any]:
@@ -111,6 +179,20 @@ def _engine_url(url: str) -> str:
     if not sep:
         raise ConfigurationError(f"not a store URL: {redact_url(url)!r}")
     return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
+
+
+def _error_names(exc: BaseException) -> str:
+    """`exc`'s class and the driver's error under it: names only, never a message.
+
+    A driver's message can quote the values of a failed statement.
+    """
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    names = type(exc).__name__
+    if type(root).__name__ != names:
+        names += f" ({type(root).__name__})"
+    return names
 
 
 class _NoCallArguments(logging.Filter):
@@ -187,7 +269,10 @@ def _retry_while_locked(
 
 
 class SQLKeyStore(BaseKeyStore):
-    """A key store in a SQL database. The table `apiguard_keys` is created on first use.
+    """A key store in a SQL database: SQLite or PostgreSQL.
+
+    The tables (`apiguard_keys`, and `apiguard_schema` for the schema version) are
+    created on first use.
 
     Args:
         engine: An SQLAlchemy `AsyncEngine`. The store does not dispose of an engine
@@ -203,12 +288,38 @@ class SQLKeyStore(BaseKeyStore):
         self._shielded = engine.dialect.name == "sqlite"
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
+        # What a database that cannot be reached raises (on Python 3.10,
+        # asyncio.TimeoutError is not the builtin TimeoutError).
+        self._unavailable: tuple[type[BaseException], ...] = (
+            sa_exc.DBAPIError,
+            OSError,
+            TimeoutError,
+            asyncio.TimeoutError,
+        )
+        if engine.dialect.driver == "asyncpg":
+            # SQLAlchemy translates asyncpg's errors only once a connection is open;
+            # connecting (a wrong password, say) raises asyncpg's own.
+            import asyncpg
+
+            self._unavailable += (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            )
 
     @classmethod
     def from_url(cls, url: str, **engine_options: Any) -> SQLKeyStore:
-        """Open a store at `url`, such as `sqlite:///keys.db` (relative) or `sqlite:////abs/keys.db`.
+        """Open a store at `url`.
+
+        `sqlite:///keys.db` (relative path), `sqlite:////abs/keys.db`, or
+        `postgresql://user:password@host:5432/db` (`postgres://` too). PostgreSQL
+        connections give up after 10 s and statements after 30 s unless
+        `connect_args` says otherwise.
 
         `engine_options` go to `sqlalchemy.ext.asyncio.create_async_engine`.
+
+        Raises:
+            ConfigurationError: The URL is malformed or its driver is not installed.
         """
         engine_url = _engine_url(url)
         # Driver errors must not carry statement parameters (a secret hash) into logs.
@@ -220,18 +331,52 @@ class SQLKeyStore(BaseKeyStore):
             engine_options.setdefault(
                 "connect_args", {"timeout": _LOCK_POLL, "async_creator_fn": _open_sqlite}
             )
+        elif engine_url.startswith("postgresql+asyncpg"):
+            # asyncpg waits 60 s to connect, and for a statement forever, by default.
+            engine_options.setdefault("connect_args", {"timeout": 10, "command_timeout": 30})
         try:
             engine = create_async_engine(engine_url, **engine_options)
         except (ImportError, sa_exc.ArgumentError) as exc:
             # The driver's message may quote the URL: shown without its password, and
             # not chained, so no traceback carries the original either.
-            raise ConfigurationError(
-                f"cannot open key store: {hide_password(str(exc), url)}"
-            ) from None
+            message = f"cannot open key store: {hide_password(str(exc), url)}"
+            extra = _EXTRAS.get(engine_url.split(":", 1)[0].split("+", 1)[0])
+            if isinstance(exc, ImportError) and extra:
+                message += f"; pip install 'apiguard[{extra}]'"
+            raise ConfigurationError(message) from None
         return cls(engine, _owns_engine=True)
 
     def __repr__(self) -> str:
         return f"SQLKeyStore(url={self._engine.url.render_as_string(hide_password=True)!r})"
+
+    async def _prepare(self) -> None:
+        """Create or upgrade the schema, once per store, one process at a time."""
+        async with self._schema_lock:
+            if self._schema_ready:
+                return
+            async with self._engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    # Take SQLite's write lock before looking at the tables, so that a
+                    # second process waits and then finds them made. The driver's own
+                    # transaction handling is off (AUTOCOMMIT) for this one transaction.
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    try:
+                        await conn.run_sync(_prepare_schema)
+                    except BaseException:
+                        await conn.exec_driver_sql("ROLLBACK")
+                        raise
+                    await conn.exec_driver_sql("COMMIT")
+                else:
+                    async with conn.begin():
+                        if conn.dialect.name == "postgresql":
+                            # Concurrent CREATE TABLE IF NOT EXISTS can still collide
+                            # in PostgreSQL's catalog: one schema check at a time.
+                            await conn.execute(
+                                sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK))
+                            )
+                        await conn.run_sync(_prepare_schema)
+            self._schema_ready = True
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
@@ -251,21 +396,18 @@ class SQLKeyStore(BaseKeyStore):
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         try:
             if not self._schema_ready:
-                async with self._schema_lock:
-                    if not self._schema_ready:
-                        async with self._engine.begin() as conn:
-                            await conn.run_sync(_metadata.create_all)
-                        self._schema_ready = True
+                await self._prepare()
             async with self._engine.begin() as conn:
-                yield conn
-        except sa_exc.IntegrityError as exc:
-            raise KeyStateError("a key with that id already exists") from exc
+                try:
+                    yield conn
+                except sa_exc.IntegrityError as exc:
+                    raise KeyStateError("a key with that id already exists") from exc
         except sa_exc.OperationalError as exc:
             if "database is locked" in str(exc.orig):
-                raise _Locked from None
-            raise BackendUnavailableError(f"key store unavailable: {type(exc).__name__}") from exc
-        except (sa_exc.DBAPIError, sa_exc.InterfaceError, OSError, TimeoutError) as exc:
-            raise BackendUnavailableError(f"key store unavailable: {type(exc).__name__}") from exc
+                raise _Locked from None  # retried by `_retry_while_locked`
+            raise BackendUnavailableError(f"key store unavailable: {_error_names(exc)}") from exc
+        except self._unavailable as exc:
+            raise BackendUnavailableError(f"key store unavailable: {_error_names(exc)}") from exc
 
     async def _get(self, conn: AsyncConnection, key_id: str) -> KeyRecord | None:
         result = await conn.execute(sa.select(keys_table).where(keys_table.c.key_id == key_id))

@@ -1,0 +1,282 @@
+"""`RedisKeyStore`: keys in Redis, through redis-py's asyncio client.
+
+Install with `pip install 'apiguard[redis]'`. URLs: `redis://[:password@]host:6379/0`,
+`rediss://` for TLS, `unix://[:password@]/path/to/redis.sock?db=0`.
+
+Each key is one hash, so a lookup is one `HGETALL`; a set of key ids serves `list()`.
+Under the key prefix (`apiguard:` by default)::
+
+    apiguard:key:<key id>   name, secret_hash, scopes (JSON list), metadata (JSON object),
+                            created_at, expires_at, revoked_at, last_used_at
+                            (microseconds since the Unix epoch, UTC; absent when None)
+    apiguard:keys           the set of every key id
+
+Writes that depend on what is stored (a taken key id, an earlier expiry, a later last
+use) are Lua scripts, so each is one atomic step on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any
+
+from apiguard.exceptions import (
+    BackendUnavailableError,
+    ConfigurationError,
+    KeyNotFoundError,
+    KeyStateError,
+)
+from apiguard.keys._url import hide_password, redact_url
+from apiguard.keys.base import BaseKeyStore
+from apiguard.keys.record import KeyRecord
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as redis_exceptions
+except ImportError as exc:
+    raise ConfigurationError("RedisKeyStore needs redis-py: pip install 'apiguard[redis]'") from exc
+
+__all__ = ["RedisKeyStore"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_TIMES = ("expires_at", "revoked_at", "last_used_at")
+# How many records `list()` asks for in one round trip.
+_LIST_BATCH = 1000
+
+# Lua numbers are doubles: times compare exactly to the microsecond up to the year 2255.
+
+# KEYS: the record, the index. ARGV: the key id, then field, value, ...
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: the record. ARGV: the revocation time. Returns the record, or nil.
+_REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: the old record, the new record, the index. ARGV: the old key's new expiry, the
+# new key id, then its field, value, ... Returns the old record, 0 if there is no old
+# record, 1 if the new key id is taken.
+_ROTATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('SADD', KEYS[3], ARGV[2])
+local expires = redis.call('HGET', KEYS[1], 'expires_at')
+if not expires or tonumber(expires) > tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: the record. ARGV: the new hash. Returns 0 if there is no record.
+_UPDATE_HASH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'secret_hash', ARGV[1])
+return 1
+"""
+
+# KEYS: the record. ARGV: the time of use. Only ever moves forward.
+_RECORD_USAGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last = redis.call('HGET', KEYS[1], 'last_used_at')
+if not last or tonumber(last) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
+end
+return 1
+"""
+
+
+def _micros(value: datetime) -> str:
+    return str((value - _EPOCH) // _MICROSECOND)
+
+
+def _time(value: str) -> datetime:
+    return _EPOCH + int(value) * _MICROSECOND
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(record: KeyRecord) -> list[str]:
+    """The record's hash as field, value, field, value, ..."""
+    fields = {
+        "name": record.name,
+        "secret_hash": record.secret_hash,
+        "scopes": json.dumps(sorted(record.scopes)),
+        "metadata": json.dumps(dict(record.metadata), separators=(",", ":")),
+        "created_at": _micros(record.created_at),
+    }
+    for name in _TIMES:
+        value = getattr(record, name)
+        if value is not None:
+            fields[name] = _micros(value)
+    return [part for pair in fields.items() for part in pair]
+
+
+def _record(key_id: str, stored: Mapping[Any, Any]) -> KeyRecord:
+    fields = {_text(name): _text(value) for name, value in stored.items()}
+    times = {name: _time(fields[name]) if name in fields else None for name in _TIMES}
+    return KeyRecord(
+        key_id=key_id,
+        name=fields["name"],
+        secret_hash=fields["secret_hash"],
+        scopes=frozenset(json.loads(fields["scopes"])),
+        created_at=_time(fields["created_at"]),
+        metadata=MappingProxyType(json.loads(fields["metadata"])),
+        **times,
+    )
+
+
+def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
+    """A Lua script's `HGETALL` answer, a flat list, as a mapping."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisKeyStore(BaseKeyStore):
+    """A key store in Redis: one hash per key, read in one round trip.
+
+    Args:
+        client: A `redis.asyncio.Redis` client. The store does not close a client it
+            was given; `from_url()` makes one the store owns.
+        key_prefix: Put before every Redis key the store uses, so that several stores
+            (or other data) can share a database.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        key_prefix: str = "apiguard:",
+        _owns_client: bool = False,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._owns_client = _owns_client
+        self._key_prefix = key_prefix
+        self._index = f"{key_prefix}keys"
+        self._add = client.register_script(_ADD)
+        self._revoke = client.register_script(_REVOKE)
+        self._rotate = client.register_script(_ROTATE)
+        self._update_hash = client.register_script(_UPDATE_HASH)
+        self._record_usage = client.register_script(_RECORD_USAGE)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, key_prefix: str = "apiguard:", **client_options: Any
+    ) -> RedisKeyStore:
+        """Open a store at `url`: `redis://`, `rediss://` or `unix://`.
+
+        `client_options` go to `redis.asyncio.Redis.from_url` (options in the URL's
+        query win). Connecting and each command give up after 5 s unless
+        `socket_connect_timeout` and `socket_timeout` say otherwise.
+
+        Raises:
+            ConfigurationError: The URL is malformed.
+        """
+        client_options.setdefault("socket_connect_timeout", 5.0)
+        client_options.setdefault("socket_timeout", 5.0)
+        try:
+            client = aioredis.Redis.from_url(url, **client_options)
+        except ValueError as exc:
+            # Not chained: the original may quote the URL, password and all.
+            raise ConfigurationError(
+                f"cannot open key store {redact_url(url)!r}: {hide_password(str(exc), url)}"
+            ) from None
+        return cls(client, key_prefix=key_prefix, _owns_client=True)
+
+    def __repr__(self) -> str:
+        options = self._client.connection_pool.connection_kwargs
+        where = options.get("path") or f"{options.get('host')}:{options.get('port')}"
+        return f"RedisKeyStore({where}, db={options.get('db', 0)}, key_prefix={self._key_prefix!r})"
+
+    def _key(self, key_id: str) -> str:
+        return f"{self._key_prefix}key:{key_id}"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Redis errors become `BackendUnavailableError`."""
+        try:
+            yield
+        # A ResponseError too: a server that answers wrongly is no store to rely on.
+        except (redis_exceptions.RedisError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            raise BackendUnavailableError(f"key store unavailable: {type(exc).__name__}") from exc
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        with self._errors():
+            stored = await self._client.hgetall(self._key(key_id))
+        return _record(key_id, stored) if stored else None
+
+    async def add(self, record: KeyRecord) -> None:
+        with self._errors():
+            added = await self._add(
+                keys=[self._key(record.key_id), self._index],
+                args=[record.key_id, *_fields(record)],
+            )
+        if not added:
+            raise KeyStateError(f"a key with id {record.key_id!r} already exists")
+
+    async def list(self, *, name: str | None = None) -> list[KeyRecord]:
+        records = []
+        with self._errors():
+            key_ids = sorted(_text(key_id) for key_id in await self._client.smembers(self._index))
+            for start in range(0, len(key_ids), _LIST_BATCH):
+                batch = key_ids[start : start + _LIST_BATCH]
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key_id in batch:
+                        pipe.hgetall(self._key(key_id))
+                    found = await pipe.execute()
+                records += [
+                    _record(k, stored) for k, stored in zip(batch, found, strict=True) if stored
+                ]
+        if name is not None:
+            records = [r for r in records if r.name == name]
+        return sorted(records, key=lambda r: (r.created_at, r.key_id))
+
+    async def revoke(self, key_id: str, *, at: datetime) -> KeyRecord:
+        with self._errors():
+            stored = await self._revoke(keys=[self._key(key_id)], args=[_micros(at)])
+        if stored is None:
+            raise KeyNotFoundError(f"no key with id {key_id!r}")
+        self._changed(key_id)
+        return _record(key_id, _pairs(stored))
+
+    async def rotate(self, key_id: str, new: KeyRecord, *, old_expires_at: datetime) -> KeyRecord:
+        with self._errors():
+            stored = await self._rotate(
+                keys=[self._key(key_id), self._key(new.key_id), self._index],
+                args=[_micros(old_expires_at), new.key_id, *_fields(new)],
+            )
+        if stored == 0:
+            raise KeyNotFoundError(f"no key with id {key_id!r}")
+        if stored == 1:
+            raise KeyStateError(f"a key with id {new.key_id!r} already exists")
+        self._changed(key_id)
+        return _record(key_id, _pairs(stored))
+
+    async def update_hash(self, key_id: str, secret_hash: str) -> None:
+        with self._errors():
+            updated = await self._update_hash(keys=[self._key(key_id)], args=[secret_hash])
+        if not updated:
+            raise KeyNotFoundError(f"no key with id {key_id!r}")
+
+    async def record_usage(self, key_id: str, *, at: datetime) -> None:
+        with self._errors():
+            await self._record_usage(keys=[self._key(key_id)], args=[_micros(at)])
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
