@@ -287,3 +287,8 @@ def test_parse_duration(text: str, expected: timedelta) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+def test_version_names_the_installed_distribution() -> None:
+    """`apiguard --version` reads the version of the `apiguard-asgi` distribution."""
+    assert cli("--version").output.strip() == f"apiguard, version {apiguard.__version__}"

@@ -135,7 +135,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 @click.group()
-@click.version_option(package_name="apiguard")
+@click.version_option(package_name="apiguard-asgi", prog_name="apiguard")
 def main() -> None:
     """apiguard: API keys and OAuth 2.0 bearer tokens for ASGI apps."""
 

@@ -4,7 +4,7 @@
 
     @app.post("/items", dependencies=[require_scopes("items:write")])
 
-Needs FastAPI (`pip install 'apiguard[fastapi]'`) and an apiguard middleware in
+Needs FastAPI (`pip install 'apiguard-asgi[fastapi]'`) and an apiguard middleware in
 front of the app, which puts the caller in `request.user`.
 """
 
@@ -23,7 +23,7 @@ try:
     from fastapi import Depends, HTTPException
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
-        "apiguard.fastapi needs FastAPI: pip install 'apiguard[fastapi]'"
+        "apiguard.fastapi needs FastAPI: pip install 'apiguard-asgi[fastapi]'"
     ) from exc
 
 __all__ = ["require_scopes"]

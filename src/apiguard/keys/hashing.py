@@ -117,7 +117,7 @@ class KeyHasher:
         except MissingBackendError as exc:
             raise ConfigurationError(
                 f"a key is hashed with a scheme whose backend is missing ({exc}); "
-                "install 'apiguard[argon2]' or 'apiguard[bcrypt]'"
+                "install 'apiguard-asgi[argon2]' or 'apiguard-asgi[bcrypt]'"
             ) from exc
         except ValueError:
             # An unrecognized or corrupt hash matches nothing.

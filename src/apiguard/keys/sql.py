@@ -1,7 +1,7 @@
 """`SQLKeyStore`: keys in a SQL database through SQLAlchemy 2 (async).
 
 SQLite through aiosqlite is the embedded default (`sqlite:///keys.db`); the same
-code is meant to serve PostgreSQL. Install with `pip install 'apiguard[sqlite]'`.
+code is meant to serve PostgreSQL. Install with `pip install 'apiguard-asgi[sqlite]'`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ try:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
-        "SQLKeyStore needs SQLAlchemy and aiosqlite: pip install 'apiguard[sqlite]'"
+        "SQLKeyStore needs SQLAlchemy and aiosqlite: pip install 'apiguard-asgi[sqlite]'"
     ) from exc
 
 __all__ = ["SQLKeyStore"]
