@@ -61,7 +61,14 @@ def test_starlette_example(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_scripts_are_valid_bash() -> None:
-    for script in ["scripts/install", "scripts/check", "scripts/test", "scripts/demo", ".ci/run"]:
+    for script in [
+        "scripts/install",
+        "scripts/check",
+        "scripts/test",
+        "scripts/test-wheel",
+        "scripts/demo",
+        ".ci/run",
+    ]:
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)  # noqa: S603, S607
 
 
