@@ -16,6 +16,7 @@ from starlette.authentication import AuthCredentials
 from starlette.middleware.cors import CORSMiddleware
 
 from apiguard._challenge import ErrorResponder, ErrorResponseHook
+from apiguard._startup import SetupFailure, hold_setup_errors
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -136,8 +137,18 @@ class AuthMiddleware:
             `ScopeRules([...])` for scopes by path and method. A policy's refusal
             (403 `insufficient_scope`, ...) is sent with the challenge of the
             credential that was used.
+
+    Raises:
+        ConfigurationError: The options are wrong. When the middleware is made inside
+            a running event loop, as Starlette and FastAPI make middleware at the first
+            ASGI call, the error is held instead: the lifespan startup fails with its
+            message (so the server exits), and without a lifespan every request gets
+            503 and the first logs the message at ERROR.
     """
 
+    _setup_failure: SetupFailure | None = None
+
+    @hold_setup_errors
     def __init__(
         self,
         app: ASGIApp,
@@ -201,6 +212,9 @@ class AuthMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._setup_failure is not None:
+            await self._setup_failure(self.app, scope, receive, send)
+            return
         if scope["type"] not in _GUARDED:  # lifespan and anything else: untouched
             await self.app(scope, receive, send)
             return
