@@ -101,6 +101,10 @@ class AuthMiddleware:
     a refusal is final. `APIKeyMiddleware` and `BearerTokenMiddleware` are this
     middleware with one authenticator.
 
+    An `AuthError` that the app raises before it starts its response (from
+    `apiguard.fastapi.require_scopes`, `apiguard.requires_scopes`, or its own code) is
+    answered like the middleware's own refusals: same body, challenge and headers.
+
     Args:
         app: The ASGI app to protect.
         authenticators: The credentials accepted (`APIKeyAuth`, `BearerAuth`).
@@ -231,7 +235,10 @@ class AuthMiddleware:
             if self._hide:  # unchecked, but still never shown to the app
                 for each in self._authenticators:
                     each.strip(scope)
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            except AuthError as exc:  # a route-level check refused the anonymous caller
+                await self._refuse(exc, self._authenticators[0], scope, receive, send)
             return
 
         # The scheme that was tried carries the error challenge (RFC 6750 §3).
@@ -274,7 +281,14 @@ class AuthMiddleware:
             )
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except AuthError as exc:
+            # A route-level check (`require_scopes`, `requires_scopes`, or the app's own
+            # `raise InsufficientScope(...)` before it answers) refused: the same
+            # response as the middleware's own refusals, with the credential's challenge.
+            await self._refuse(exc, authenticator or attempted, scope, receive, send)
+            return
         for keeper in self._bookkeeping:  # the response is out: nobody waits on this
             if keeper.pending:
                 await keeper.flush()
