@@ -53,8 +53,8 @@ def _resolve_pepper(pepper: str | bytes | None) -> bytes:
         pepper = os.environ.get(PEPPER_ENV)
     if pepper is None:
         raise ConfigurationError(
-            f"no pepper configured: pass pepper=... or set {PEPPER_ENV} "
-            f"(at least {MIN_PEPPER_LENGTH} characters; `apiguard keys init` prints one)"
+            f"no pepper configured: set {PEPPER_ENV}, or pass pepper= to the middleware or"
+            f" KeyHasher (at least {MIN_PEPPER_LENGTH} bytes; `apiguard keys init` suggests one)"
         )
     if isinstance(pepper, str):
         pepper = pepper.encode("utf-8")
