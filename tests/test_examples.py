@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import anyio
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -66,6 +73,7 @@ def test_scripts_are_valid_bash() -> None:
         "scripts/check",
         "scripts/test",
         "scripts/test-wheel",
+        "scripts/install-interop",
         "scripts/demo",
         ".ci/run",
     ]:
@@ -77,3 +85,133 @@ def test_readme_names_the_two_commands() -> None:
     assert "bash scripts/demo" in readme
     assert "bash scripts/test" in readme
     assert "bash scripts/test" in (ROOT / ".ci/run").read_text()
+
+
+# --- scripts/demo ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**changes: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APIGUARD_", "DEMO_"))}
+    return env | {"PYTHONUNBUFFERED": "1"} | changes
+
+
+@contextlib.contextmanager
+def running(command: list[str], env: dict[str, str], ready: str) -> Iterator[str]:
+    """Run `command` from the checkout; yield what it printed up to the line `ready`."""
+    process = subprocess.Popen(  # noqa: S603
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    printed = []
+    try:
+        for line in process.stdout:
+            printed.append(line)
+            if line.strip() == ready:
+                break
+        else:
+            pytest.fail(f"{command} ended early:\n{''.join(printed)}")
+        yield "".join(printed)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        process.stdout.close()
+
+
+def wait_until_serving(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def shell(line: str) -> str:
+    """Run a line the demo printed, as its user would paste it."""
+    done = subprocess.run(  # noqa: S603
+        ["bash", "-c", line],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+    )
+    return done.stdout
+
+
+def printed_lines(text: str, start: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(start)]
+
+
+def run_demo(state: Path) -> tuple[str, int]:
+    port = free_port()
+    env = clean_env(PORT=str(port), DEMO_DIR=str(state))
+    with running(["bash", "scripts/demo"], env, "Press Ctrl+C to stop.") as printed:
+        wait_until_serving(f"http://127.0.0.1:{port}/health")
+        curls = printed_lines(printed, "curl ")
+        assert len(curls) == 3
+        assert json.loads(shell(curls[0]))["items"] == ["hammer", "saw", "wrench"]
+        assert json.loads(shell(curls[1]))["added"] == "drill"
+        assert shell(curls[2]).startswith("HTTP/1.1 401")
+    return printed, port
+
+
+def test_demo_reuses_its_key_and_prints_how_to_manage_it(tmp_path: Path) -> None:
+    """The key works; a second run shows the same key; after a revoke, a new one."""
+    first, port = run_demo(tmp_path)
+    assert f"http://127.0.0.1:{port}/items" in first
+    assert "A key was created for you" in first
+    assert "within 30 seconds" in first
+    key = (tmp_path / ".demo-key").read_text().strip()
+    assert key in first
+
+    second, _ = run_demo(tmp_path)
+    assert "The demo's key, from an earlier run" in second
+    assert key in second
+    export = printed_lines(second, "export APIGUARD_STORE=")[0]
+    listed = json.loads(shell(f"{export}; .venv/bin/apiguard keys list --json"))
+    assert [record["name"] for record in listed] == ["demo"]
+    assert printed_lines(second, ".venv/bin/apiguard keys rotate ")
+    revoke = printed_lines(second, ".venv/bin/apiguard keys revoke ")[0].split("#")[0]
+    assert "Revoked" in shell(f"{export}; {revoke}")
+
+    third, _ = run_demo(tmp_path)
+    assert "A key was created for you" in third
+    assert key not in third
+
+
+def test_demo_checks_the_port_before_making_a_key(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = clean_env(PORT=str(port), DEMO_DIR=str(tmp_path / "demo"))
+        done = subprocess.run(
+            ["bash", "scripts/demo"],  # noqa: S607
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"cannot serve on 127.0.0.1 port {port}" in done.stderr
+    assert "PORT=" in done.stderr
+    assert not (tmp_path / "demo").exists()
+    assert "apg_" not in done.stdout
