@@ -158,3 +158,14 @@ def test_misuse_is_a_configuration_error() -> None:
         requires_scopes()
     with pytest.raises(ConfigurationError, match="no 'request' or 'websocket'"):
         requires_scopes("a")(lambda connection: None)
+
+
+async def test_an_excluded_path_still_refuses_by_scope(
+    store: MemoryKeyStore, make_client: MakeClient
+) -> None:
+    """Excluded from the key check, a route that requires scopes answers the anonymous 401."""
+    async with make_client(make(store, exclude_paths=["/write"])) as client:
+        refused = await client.post("/write")
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == 'ApiKey realm="api"'
+    assert refused.headers["cache-control"] == "no-store"

@@ -286,3 +286,17 @@ async def test_other_scope_types_still_reach_the_app() -> None:
     middleware = APIKeyMiddleware(app, store="memory://", pepper="short")
     await middleware({"type": "custom"}, None, None)  # type: ignore[arg-type]
     assert seen == ["custom"]
+
+
+def test_a_misspelt_option_is_named() -> None:
+    """Not a ConfigurationError, but still a setup failure: its type and message are shown."""
+    app = starlette_app(store="memory://", pepper=PEPPER, exclude_path=["/x"])
+    with pytest.raises(TypeError, match="exclude_path"), TestClient(app):
+        pass  # pragma: no cover - startup fails
+    middleware = app.middleware_stack
+    while not isinstance(middleware, APIKeyMiddleware):
+        middleware = middleware.app  # type: ignore[union-attr]
+    assert middleware._setup_failure is not None
+    assert middleware._setup_failure.message.startswith(
+        "apiguard: APIKeyMiddleware could not be set up: TypeError: "
+    )
