@@ -1,5 +1,8 @@
 """An API that accepts OAuth 2.0 access tokens from your identity provider, or API keys.
 
+`bash scripts/demo-bearer` runs it against the bundled authorization server
+(oidc-provider) and prints the curl lines to get a token and call it. By hand:
+
     export OAUTH_ISSUER=https://idp.example          # your provider's issuer identifier
     export OAUTH_AUDIENCE=https://api.example        # this API's identifier (resource)
     export APIGUARD_PEPPER=...                        # for the API keys

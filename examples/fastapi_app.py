@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from starlette.authentication import requires
 
-from apiguard import APIKeyMiddleware
+from apiguard import APIKeyMiddleware, Principal
+from apiguard.fastapi import require_scopes
 from apiguard.keys import open_store
 
 store = open_store(os.environ.get("APIGUARD_STORE", "sqlite:///apiguard-keys.db"))
@@ -50,7 +50,9 @@ async def list_items(request: Request) -> dict[str, object]:
 
 
 @app.post("/items", status_code=201)
-@requires("items:write")
-async def add_item(request: Request, name: str) -> dict[str, str]:
+async def add_item(
+    name: str,
+    caller: Principal = require_scopes("items:write"),  # noqa: B008 - FastAPI dependency
+) -> dict[str, str]:
     ITEMS.append(name)
-    return {"added": name, "by": request.user.identity}
+    return {"added": name, "by": caller.identity}

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import apiguard.keys
-from apiguard import APIKeyMiddleware, CacheOptions, ConfigurationError
-from apiguard.cli import main, parse_duration
+from apiguard import APIKeyMiddleware, BackendUnavailableError, CacheOptions, ConfigurationError
+from apiguard.cli import format_duration, main, parse_duration
 from apiguard.keys import MemoryKeyStore, open_store, register_scheme
 from apiguard.types import KeyStore
 
@@ -189,10 +191,165 @@ def test_rotating_a_revoked_key_is_refused(store_url: str) -> None:
     assert len(json.loads(cli("keys", "list", "--json").output)) == 1
 
 
-def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
-    result = cli("keys", "list", "--store", f"sqlite:///{tmp_path}/no/such/dir.db", ok=False)
+def test_a_store_in_a_missing_directory_says_which_and_why(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/no/such/dir.db"
+    result = cli("keys", "list", "--store", url, ok=False)
     assert result.exit_code == 1
-    assert "key store unavailable" in result.output
+    assert result.output == (
+        f"Error: key store {url} unavailable: OperationalError: unable to open database file"
+        f" (the directory {tmp_path}/no/such does not exist)\n"
+    )
+
+
+def test_a_read_only_store_says_which_and_why(store_url: str, tmp_path: Path) -> None:
+    """SQLite opened read-only (as a read-only file is): reading works, writing says why."""
+    create("--name", "x")
+    read_only = f"sqlite:///file:{tmp_path}/keys.db?mode=ro&uri=true"
+    assert len(json.loads(cli("keys", "list", "--json", "--store", read_only).output)) == 1
+    result = cli("keys", "create", "--name", "y", "--store", read_only, ok=False)
+    assert result.exit_code == 1
+    assert f"key store {read_only} unavailable: OperationalError:" in result.output
+    assert "attempt to write a readonly database" in result.output
+
+
+@pytest.mark.parametrize(
+    ("file_exists", "writable", "hint"),
+    [
+        (True, {"dir"}, "(the file {dir}/keys.db is read-only)"),
+        (False, set(), "(the directory {dir} is not writable; SQLite creates the file there)"),
+        (
+            True,
+            {"file"},
+            "(the directory {dir} is not writable; SQLite creates its journal beside the file"
+            " there)",
+        ),
+    ],
+    ids=["read-only-file", "read-only-directory", "read-only-directory-with-file"],
+)
+def test_read_only_places_are_named(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    file_exists: bool,
+    writable: set[str],
+    hint: str,
+) -> None:
+    """Which file or directory SQLite cannot write.
+
+    Root writes through permission bits, so the file system's answer is given here,
+    and a driver error stands in for the one SQLite gives other users.
+    """
+    directory = tmp_path / "store"
+    directory.mkdir()
+    if file_exists:
+        (directory / "keys.db").touch()
+
+    def access(path: Any, mode: int) -> bool:
+        kind = "dir" if Path(path) == directory else "file"
+        return mode != os.W_OK or kind in writable
+
+    def refusing(url: str) -> KeyStore:
+        store = MemoryKeyStore()
+
+        async def refuse(**_: Any) -> list[Any]:
+            raise BackendUnavailableError("key store unavailable") from sqlite3.OperationalError(
+                "unable to open database file"
+            )
+
+        store.list = refuse  # type: ignore[method-assign]
+        return store
+
+    monkeypatch.setattr("apiguard.cli.os.access", access)
+    register_scheme("sqlite", refusing)
+    try:
+        result = cli("keys", "list", "--store", f"sqlite:///{directory}/keys.db", ok=False)
+    finally:
+        register_scheme("sqlite", "apiguard.keys.sql:SQLKeyStore.from_url")
+    assert result.output.rstrip().endswith(hint.format(dir=directory))
+
+
+@pytest.mark.parametrize("command", [["create", "--name", "x"], ["rotate", "K" * 12]])
+def test_stores_that_do_not_persist_are_refused_for_new_keys(
+    store_url: str, command: list[str]
+) -> None:
+    """A key made in memory:// would be gone when the command ends: none is printed."""
+    result = cli("keys", *command, "--store", "memory://", ok=False)
+    assert result.exit_code == 1
+    assert "memory:// keeps keys only while this command runs" in result.output
+    assert "apg_" not in result.output
+
+
+def test_revoke_help_tells_the_cache_delay() -> None:
+    text = " ".join(cli("keys", "revoke", "--help").output.split())
+    assert "up to 30 seconds with the default cache" in text
+    assert "at once" not in text
+
+
+def test_revoking_twice_says_so(store_url: str) -> None:
+    created = create("--name", "x")
+    first = cli("keys", "revoke", created["key_id"]).output
+    assert first.startswith(f"Revoked {created['key_id']} (x).")
+    assert "within 30 seconds" in first
+    again = cli("keys", "revoke", created["key_id"]).output
+    assert again.startswith(f"{created['key_id']} (x) was already revoked at ")
+    assert "nothing changed" in again
+    shown = json.loads(cli("keys", "revoke", created["key_id"], "--json").output)
+    assert shown["already_revoked"] is True
+    assert shown["status"] == "revoked"
+
+
+@pytest.mark.parametrize(
+    ("grace", "said"),
+    [
+        ("24h", "keeps working for 1 day, until "),
+        ("90m", "keeps working for 1 hour 30 minutes, until "),
+        ("2w", "keeps working for 2 weeks, until "),
+        ("0", "no longer works."),
+    ],
+)
+def test_rotate_says_how_long_the_old_key_works(store_url: str, grace: str, said: str) -> None:
+    old = create("--name", "x")
+    output = cli("keys", "rotate", old["key_id"], "--grace", grace).output
+    assert f"The old key {old['key_id']} {said}" in output
+    assert "day, 0:00:00" not in output
+
+
+def test_rotate_json_has_the_old_keys_new_expiry(store_url: str) -> None:
+    old = create("--name", "x")
+    rotated = json.loads(cli("keys", "rotate", old["key_id"], "--grace", "1h", "--json").output)
+    replaced = rotated["replaces"]
+    assert replaced["key_id"] == old["key_id"]
+    assert replaced["expires_at"] is not None
+    expires = datetime.fromisoformat(replaced["expires_at"])
+    assert expires - datetime.fromisoformat(rotated["created_at"]) == timedelta(hours=1)
+    assert json.loads(cli("keys", "show", old["key_id"], "--json").output) == replaced
+
+
+@pytest.mark.parametrize(
+    ("pepper", "message"),
+    [
+        (None, "APIGUARD_PEPPER is not set. New keys are hashed with the pepper your app uses"),
+        ("short", "APIGUARD_PEPPER is too short: a pepper has at least 32 bytes"),
+    ],
+)
+def test_pepper_messages_speak_to_cli_users(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, pepper: str | None, message: str
+) -> None:
+    if pepper is None:
+        monkeypatch.delenv("APIGUARD_PEPPER")
+    else:
+        monkeypatch.setenv("APIGUARD_PEPPER", pepper)
+    output = cli("keys", "create", "--name", "x", ok=False).output
+    assert message in output
+    assert "pepper=" not in output
+    assert "characters" not in output
+
+
+@pytest.mark.parametrize("option", ["--expires-in", "--grace"])
+def test_a_huge_duration_is_too_large(store_url: str, option: str) -> None:
+    command = ["create", "--name", "x"] if option == "--expires-in" else ["rotate", "K" * 12]
+    result = cli("keys", *command, option, "99999999999d", ok=False)
+    assert result.exit_code == 2
+    assert "'99999999999d' is too large: at most 36500d (100 years)" in result.output
 
 
 @pytest.mark.parametrize(
@@ -220,7 +377,8 @@ def test_keys_on_a_real_server(
     wrong = url.replace(password, "Wr0ng-Passw0rd")
     refused = cli("keys", "list", "--store", wrong, ok=False)
     assert refused.exit_code == 1
-    assert "key store unavailable" in refused.output
+    assert refused.output.startswith("Error: key store ")
+    assert "unavailable" in refused.output
     assert "Wr0ng-Passw0rd" not in refused.output
 
 
@@ -312,7 +470,34 @@ def test_parse_duration(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "d", "1.5h", "-1d", "10y", "1000000d"])
+@pytest.mark.parametrize("text", ["", "d", "1.5h", "-1d", "10y"])
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["36501d", "5215w", "876001h", "99999999999d"])
+def test_parse_duration_refuses_more_than_a_century(text: str) -> None:
+    with pytest.raises(ValueError, match="too large"):
+        parse_duration(text)
+    assert parse_duration("36500d") == timedelta(days=36500)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(0), "0 seconds"),
+        (timedelta(seconds=1), "1 second"),
+        (timedelta(hours=24), "1 day"),
+        (timedelta(days=10), "10 days"),
+        (timedelta(weeks=2), "2 weeks"),
+        (timedelta(days=1, hours=6, minutes=1), "1 day 6 hours 1 minute"),
+    ],
+)
+def test_format_duration(value: timedelta, text: str) -> None:
+    assert format_duration(value) == text
+
+
+def test_version_names_the_installed_distribution() -> None:
+    """`apiguard --version` reads the version of the `apiguard-asgi` distribution."""
+    assert cli("--version").output.strip() == f"apiguard, version {apiguard.__version__}"

@@ -37,6 +37,7 @@ def test_public_api_is_pinned() -> None:
         "ScopeRules",
         "TokenIntrospector",
         "__version__",
+        "requires_scopes",
     ]
     assert apiguard.keys.__all__ == [
         "BaseKeyStore",

@@ -78,7 +78,7 @@ def test_missing_backend_names_the_extra(
         raise MissingBackendError("argon2: no backends available")
 
     monkeypatch.setattr(hasher._context, "verify_and_update", missing)
-    with pytest.raises(ConfigurationError, match=r"apiguard\[argon2\]"):
+    with pytest.raises(ConfigurationError, match=r"apiguard-asgi\[argon2\]"):
         hasher.verify("x", "$argon2id$whatever")
 
 

@@ -574,17 +574,23 @@ async def test_preflights_never_run_the_app_without_a_key(
     assert ran == []
 
 
-@pytest.mark.parametrize("cors", ["none", "outermost"])
-async def test_allow_preflight_without_cors_inside_is_a_configuration_error(
-    make_client: MakeClient, key_store: FlakyStore, hasher: KeyHasher, cors: str
-) -> None:
+def test_allow_preflight_without_cors_inside_is_a_configuration_error() -> None:
     """Passed on to anything but CORSMiddleware, a preflight would run application code."""
     with pytest.raises(ConfigurationError, match="CORSMiddleware"):
-        APIKeyMiddleware(make_app(), store=key_store, hasher=hasher, allow_preflight=True)
-    app = stack(cors_app("mount", []), cors, key_store, hasher, allow_preflight=True)
+        APIKeyMiddleware(make_app(), store=MemoryKeyStore(), pepper="p" * 32, allow_preflight=True)
+
+
+@pytest.mark.parametrize("cors", ["none", "outermost"])
+async def test_allow_preflight_without_cors_inside_stops_a_starlette_app(
+    make_client: MakeClient, key_store: FlakyStore, hasher: KeyHasher, cors: str, issued: IssuedKey
+) -> None:
+    """Built by Starlette at the first call, the misconfigured middleware lets nothing through."""
+    ran: list[str] = []
+    app = stack(cors_app("mount", ran), cors, key_store, hasher, allow_preflight=True)
     async with make_client(app) as client:
-        with pytest.raises(ConfigurationError, match="CORSMiddleware"):
-            await client.options("/api/items", headers=PREFLIGHT)
+        response = await client.get("/api/items", headers={"X-API-Key": issued.key})
+    assert response.status_code == 503
+    assert ran == []
 
 
 async def test_cors_outermost_adds_its_headers_to_refusals(

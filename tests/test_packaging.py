@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 import sys
-from importlib.metadata import distributions, requires
+from importlib.metadata import distributions, metadata, requires, version
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from packaging.utils import canonicalize_name
 import apiguard
 
 SRC = Path(apiguard.__file__).parent
+ROOT = Path(__file__).resolve().parent.parent
+# The name on the package index; `apiguard` there is an unrelated project.
+DISTRIBUTION = "apiguard-asgi"
 # Modules that exist to use an optional package, named by the extra that installs it.
 OPTIONAL: dict[str, str] = {
     "fastapi.py": "fastapi",
@@ -54,7 +58,7 @@ def providers() -> dict[str, set[str]]:
 
 def declared(extra: str | None = None) -> set[str]:
     found: set[str] = set()
-    for line in requires("apiguard") or []:
+    for line in requires(DISTRIBUTION) or []:
         requirement = Requirement(line)
         marker = requirement.marker
         if (extra is None and marker is None) or (
@@ -77,3 +81,29 @@ def test_every_import_is_a_declared_dependency(module: str) -> None:
     extra = OPTIONAL.get(module)
     available = declared() | (declared(extra) if extra else set())
     assert needed <= available
+
+
+def test_the_distribution_is_installed_under_its_own_name() -> None:
+    """`apiguard-asgi` installs the `apiguard` package, at the version it declares."""
+    assert version(DISTRIBUTION) == apiguard.__version__
+    assert metadata(DISTRIBUTION)["Name"] == DISTRIBUTION
+    # The dev group installs the project's own extras by that name.
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.findall(r'"(apiguard[\w-]*)\[', pyproject) == [DISTRIBUTION]
+
+
+# 'apiguard...[extra,...]' or '.[extra]' (pip install -e), quoted, in messages and docs.
+_INSTALL = re.compile(r"'(apiguard[\w.-]*|\.)\[([\w,]+)\]")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(SRC.rglob("*.py")), ROOT / "README.md"],
+    ids=lambda p: str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p.name),
+)
+def test_install_lines_name_this_distribution_and_its_extras(path: Path) -> None:
+    """Every install line names `apiguard-asgi` (or the checkout) and extras it declares."""
+    extras = set(metadata(DISTRIBUTION).get_all("Provides-Extra") or [])
+    for name, wanted in _INSTALL.findall(path.read_text()):
+        assert name in {DISTRIBUTION, "."}, f"{path.name}: pip install {name}[{wanted}]"
+        assert set(wanted.split(",")) <= extras, f"{path.name}: unknown extra in {wanted}"

@@ -9,11 +9,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from apiguard import (
+    ApiGuardError,
     APIKeyMiddleware,
     BearerTokenMiddleware,
     ConfigurationError,
@@ -267,11 +268,42 @@ async def test_require_scopes(make_client: MakeClient) -> None:
         'Bearer realm="api", scope="items:read items:write", error="insufficient_scope", '
         'error_description="The request requires more privileges than the credentials grant."'
     )
-    assert refused.json()["detail"] == {
+    assert refused.json() == {
         "error": "insufficient_scope",
         "error_description": "The request requires more privileges than the credentials grant.",
-        "scope": "items:read items:write",
     }
+    assert refused.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("problem_details", [False, True])
+async def test_require_scopes_refuses_like_the_middleware(
+    make_client: MakeClient, problem_details: bool
+) -> None:
+    """One shape for every refusal: a dependency's 403 is a ScopeRules 403, byte for byte."""
+    rules = [ScopeRules([ScopeRule("/rules", "items:read items:write")])]
+    app = fastapi_app(problem_details=problem_details, realm="shop", policies=rules)
+    async with make_client(app) as client:
+        by_dependency = await client.post("/items", headers=bearer("items:read"))
+        by_middleware = await client.get("/rules", headers=bearer("items:read"))
+    assert by_dependency.status_code == by_middleware.status_code == 403
+    assert by_dependency.content == by_middleware.content
+    for name in ("content-type", "www-authenticate", "cache-control"):
+        assert by_dependency.headers[name] == by_middleware.headers[name]
+    assert 'realm="shop"' in by_dependency.headers["www-authenticate"]
+    if problem_details:
+        assert by_dependency.headers["content-type"] == "application/problem+json"
+
+
+async def test_require_scopes_goes_through_the_error_response_hook(
+    make_client: MakeClient,
+) -> None:
+    def hook(connection: HTTPConnection, error: ApiGuardError) -> Response:
+        return PlainTextResponse(f"no: {type(error).__name__}", status_code=403)
+
+    async with make_client(fastapi_app(error_response=hook)) as client:
+        refused = await client.post("/items", headers=bearer("items:read"))
+    assert refused.text == "no: InsufficientScope"
+    assert "insufficient_scope" in refused.headers["www-authenticate"]
 
 
 async def test_require_scopes_for_anonymous_is_401(make_client: MakeClient) -> None:

@@ -264,5 +264,5 @@ def test_redis_is_imported_lazily() -> None:
 def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
     monkeypatch.delitem(sys.modules, "apiguard.keys.redis", raising=False)
-    with pytest.raises(ConfigurationError, match=r"pip install 'apiguard\[redis\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'apiguard-asgi\[redis\]'"):
         open_store("redis://127.0.0.1:6379/0")

@@ -240,7 +240,7 @@ async def test_unreachable_postgres_is_unavailable() -> None:
 
 def test_missing_asyncpg_names_the_postgres_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "asyncpg", None)
-    with pytest.raises(ConfigurationError, match=r"pip install 'apiguard\[postgres\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'apiguard-asgi\[postgres\]'"):
         open_store("postgresql://app:pw@db.example/keys")
 
 

@@ -108,7 +108,7 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without SQLAlchemy, the SQL store says which extra to install."""
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)
     monkeypatch.delitem(sys.modules, "apiguard.keys.sql", raising=False)
-    with pytest.raises(ConfigurationError, match=r"apiguard\[sqlite\]"):
+    with pytest.raises(ConfigurationError, match=r"apiguard-asgi\[sqlite\]"):
         open_store("sqlite:///keys.db")
 
 

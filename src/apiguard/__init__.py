@@ -5,6 +5,7 @@ from __future__ import annotations
 from apiguard._cache import CacheOptions
 from apiguard._core import AuthMiddleware
 from apiguard.authenticators import APIKeyAuth, BearerAuth
+from apiguard.decorators import requires_scopes
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -54,4 +55,5 @@ __all__ = [
     "ScopeRules",
     "TokenIntrospector",
     "__version__",
+    "requires_scopes",
 ]

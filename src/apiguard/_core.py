@@ -16,6 +16,7 @@ from starlette.authentication import AuthCredentials
 from starlette.middleware.cors import CORSMiddleware
 
 from apiguard._challenge import ErrorResponder, ErrorResponseHook
+from apiguard._startup import SetupFailure, hold_setup_errors
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -100,6 +101,10 @@ class AuthMiddleware:
     a refusal is final. `APIKeyMiddleware` and `BearerTokenMiddleware` are this
     middleware with one authenticator.
 
+    An `AuthError` that the app raises before it starts its response (from
+    `apiguard.fastapi.require_scopes`, `apiguard.requires_scopes`, or its own code) is
+    answered like the middleware's own refusals: same body, challenge and headers.
+
     Args:
         app: The ASGI app to protect.
         authenticators: The credentials accepted (`APIKeyAuth`, `BearerAuth`).
@@ -136,8 +141,18 @@ class AuthMiddleware:
             `ScopeRules([...])` for scopes by path and method. A policy's refusal
             (403 `insufficient_scope`, ...) is sent with the challenge of the
             credential that was used.
+
+    Raises:
+        ConfigurationError: The options are wrong. When the middleware is made inside
+            a running event loop, as Starlette and FastAPI make middleware at the first
+            ASGI call, the error is held instead: the lifespan startup fails with its
+            message (so the server exits), and without a lifespan every request gets
+            503 and the first logs the message at ERROR.
     """
 
+    _setup_failure: SetupFailure | None = None
+
+    @hold_setup_errors
     def __init__(
         self,
         app: ASGIApp,
@@ -201,6 +216,9 @@ class AuthMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._setup_failure is not None:
+            await self._setup_failure(self.app, scope, receive, send)
+            return
         if scope["type"] not in _GUARDED:  # lifespan and anything else: untouched
             await self.app(scope, receive, send)
             return
@@ -217,7 +235,10 @@ class AuthMiddleware:
             if self._hide:  # unchecked, but still never shown to the app
                 for each in self._authenticators:
                     each.strip(scope)
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            except AuthError as exc:  # a route-level check refused the anonymous caller
+                await self._refuse(exc, self._authenticators[0], scope, receive, send)
             return
 
         # The scheme that was tried carries the error challenge (RFC 6750 §3).
@@ -260,7 +281,14 @@ class AuthMiddleware:
             )
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except AuthError as exc:
+            # A route-level check (`require_scopes`, `requires_scopes`, or the app's own
+            # `raise InsufficientScope(...)` before it answers) refused: the same
+            # response as the middleware's own refusals, with the credential's challenge.
+            await self._refuse(exc, authenticator or attempted, scope, receive, send)
+            return
         for keeper in self._bookkeeping:  # the response is out: nobody waits on this
             if keeper.pending:
                 await keeper.flush()

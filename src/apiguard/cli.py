@@ -15,15 +15,17 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from apiguard.exceptions import ApiGuardError
-from apiguard.keys import KeyManager, open_store
+from apiguard._cache import CacheOptions
+from apiguard.exceptions import ApiGuardError, BackendUnavailableError
+from apiguard.keys import KeyManager, MemoryKeyStore, open_store
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.format import DEFAULT_PREFIX
-from apiguard.keys.hashing import PEPPER_ENV
+from apiguard.keys.hashing import MIN_PEPPER_LENGTH, PEPPER_ENV, KeyHasher
 from apiguard.keys.manager import IssuedKey
 from apiguard.keys.record import KeyRecord
 from apiguard.types import KeyStore
@@ -32,10 +34,16 @@ __all__ = ["main"]
 
 DEFAULT_STORE = "sqlite:///apiguard-keys.db"
 STORE_ENV = "APIGUARD_STORE"
+# How long a server in another process may still accept a revoked key: its cache TTL.
+CACHE_TTL = CacheOptions().ttl
 T = TypeVar("T")
 
-_DURATION = re.compile(r"(\d{1,6})([smhdw])")
+_DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Beyond a century a key might as well not expire (leave out --expires-in); the bound
+# also keeps every expiry inside the years a datetime can hold.
+MAX_DURATION = timedelta(days=36500)
+_SPELLED = (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 
 
 def parse_duration(text: str) -> timedelta:
@@ -45,7 +53,25 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"{text!r} is not a duration like 90d, 24h, 30m, 45s or 2w")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    number, unit = int(match[1]), _UNITS[match[2]]
+    if number > MAX_DURATION / timedelta(**{unit: 1}):
+        raise ValueError(f"{text!r} is too large: at most {MAX_DURATION.days}d (100 years)")
+    return timedelta(**{unit: number})
+
+
+def format_duration(value: timedelta) -> str:
+    """A duration as people write it: `1 day`, `2 hours 30 minutes`, `2 weeks`, `0 seconds`."""
+    seconds = int(value.total_seconds())
+    if seconds <= 0:
+        return "0 seconds"
+    parts = []
+    for name, size in _SPELLED:
+        if name == "week" and seconds % size:  # "10 days", not "1 week 3 days"
+            continue
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {name}{'' if count == 1 else 's'}")
+    return " ".join(parts)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -57,19 +83,71 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc), ctx, param) from exc
 
 
-def _run(store_url: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+def _run(
+    store_url: str, action: Callable[[KeyStore], Awaitable[T]], *, writes_keys: bool = False
+) -> T:
     async def go() -> T:
         store = open_store(store_url)
         try:
+            if writes_keys and isinstance(store, MemoryKeyStore):
+                raise click.ClickException(
+                    f"{redact_url(store_url)} keeps keys only while this command runs: the"
+                    " key would be gone as soon as it is printed. Use a store that persists,"
+                    f" such as {DEFAULT_STORE}"
+                )
             return await action(store)
         finally:
             await store.aclose()
 
     try:
         return asyncio.run(go())
+    except BackendUnavailableError as exc:
+        message = _unavailable(store_url, exc)
     except ApiGuardError as exc:
-        # Any store's message, a third party's too, is shown without the URL's password.
-        raise click.ClickException(hide_password(str(exc), store_url)) from None
+        message = str(exc)
+    # Any store's message, a third party's too, is shown without the URL's password.
+    raise click.ClickException(hide_password(message, store_url))
+
+
+def _unavailable(store_url: str, exc: BackendUnavailableError) -> str:
+    """Which store could not be used, and the driver's reason (not only its error's name)."""
+    cause = exc.__cause__
+    driver = getattr(cause, "orig", None) or cause  # SQLAlchemy wraps the driver's error
+    why = f"{type(driver).__name__}: {driver}" if driver is not None else str(exc)
+    return f"key store {redact_url(store_url)} unavailable: {why}{_sqlite_hint(store_url)}"
+
+
+def _sqlite_hint(store_url: str) -> str:
+    """What is wrong with a SQLite file's place on disk, as far as the file system tells."""
+    scheme, _, rest = store_url.partition(":///")
+    if scheme not in ("sqlite", "sqlite+aiosqlite") or not rest or rest.startswith("file:"):
+        return ""
+    file = Path(rest.partition("?")[0])
+    directory = file.parent
+    if not directory.is_dir():
+        return f" (the directory {directory} does not exist)"
+    if file.exists() and not os.access(file, os.W_OK):
+        return f" (the file {file} is read-only)"
+    if not os.access(directory, os.W_OK):
+        what = "the file" if not file.exists() else "its journal beside the file"
+        return f" (the directory {directory} is not writable; SQLite creates {what} there)"
+    return ""
+
+
+def _hasher() -> KeyHasher:
+    """The hasher for new keys, from the pepper the server uses; checked before any write."""
+    pepper = os.environ.get(PEPPER_ENV)
+    if not pepper:
+        raise click.ClickException(
+            f"{PEPPER_ENV} is not set. New keys are hashed with the pepper your app uses:"
+            f" set {PEPPER_ENV} to the app's value (at least {MIN_PEPPER_LENGTH} bytes);"
+            " `apiguard keys init` suggests one for a new store"
+        )
+    if len(pepper.encode()) < MIN_PEPPER_LENGTH:
+        raise click.ClickException(
+            f"{PEPPER_ENV} is too short: a pepper has at least {MIN_PEPPER_LENGTH} bytes"
+        )
+    return KeyHasher(pepper)
 
 
 def _when(value: datetime | None) -> str:
@@ -119,8 +197,8 @@ def _echo_issued(issued: IssuedKey, as_json: bool, note: str = "") -> None:
     click.echo("This is the only time the key is shown; store it somewhere safe now." + note)
 
 
-def _manager(store: KeyStore, prefix: str = DEFAULT_PREFIX) -> KeyManager:
-    return KeyManager(store, prefix=prefix)
+def _manager(store: KeyStore, hasher: KeyHasher, prefix: str = DEFAULT_PREFIX) -> KeyManager:
+    return KeyManager(store, hasher, prefix=prefix)
 
 
 store_option = click.option(
@@ -135,7 +213,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 @click.group()
-@click.version_option(package_name="apiguard")
+@click.version_option(package_name="apiguard-asgi", prog_name="apiguard")
 def main() -> None:
     """apiguard: API keys and OAuth 2.0 bearer tokens for ASGI apps."""
 
@@ -186,11 +264,13 @@ def create(
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
         metadata[key] = value
+    hasher = _hasher()
     issued = _run(
         store_url,
-        lambda store: _manager(store, prefix).create(
+        lambda store: _manager(store, hasher, prefix).create(
             name, scopes=scopes, expires_in=expires_in, metadata=metadata
         ),
+        writes_keys=True,
     )
     _echo_issued(issued, as_json)
 
@@ -240,17 +320,37 @@ def show(store_url: str, key_id: str, as_json: bool) -> None:
         _echo_record(record)
 
 
-@keys.command()
+@keys.command(
+    help=f"""Revoke a key: the store refuses it from now on.
+
+    A server in another process keeps accepting the key until its cached check
+    expires: up to {CACHE_TTL:g} seconds with the default cache (`CacheOptions.ttl`).
+    Revoking a key that is already revoked changes nothing and says so."""
+)
 @store_option
 @click.argument("key_id")
 @json_option
 def revoke(store_url: str, key_id: str, as_json: bool) -> None:
-    """Revoke a key at once."""
-    record = _run(store_url, lambda store: KeyManager(store).revoke(key_id))
+    async def action(store: KeyStore) -> tuple[KeyRecord, bool]:
+        manager = KeyManager(store)
+        before = await manager.get(key_id)
+        if before.revoked_at is not None:
+            return before, True
+        return await manager.revoke(key_id), False
+
+    record, already = _run(store_url, action)
     if as_json:
-        click.echo(json.dumps(_record_json(record)))
+        click.echo(json.dumps({**_record_json(record), "already_revoked": already}))
+    elif already:
+        click.echo(
+            f"{record.key_id} ({record.name}) was already revoked at"
+            f" {_when(record.revoked_at)}; nothing changed."
+        )
     else:
-        click.echo(f"Revoked {record.key_id} ({record.name}).")
+        click.echo(
+            f"Revoked {record.key_id} ({record.name}). Servers in other processes refuse it"
+            f" within {CACHE_TTL:g} seconds (their cache TTL)."
+        )
 
 
 @keys.command()
@@ -266,8 +366,31 @@ def revoke(store_url: str, key_id: str, as_json: bool) -> None:
 @json_option
 def rotate(store_url: str, key_id: str, grace: timedelta, as_json: bool) -> None:
     """Issue a new key for the same owner; the old one works until the grace period ends."""
-    issued = _run(store_url, lambda store: _manager(store).rotate(key_id, grace=grace))
-    _echo_issued(issued, as_json, note=f"\nThe old key {key_id} stops working after {grace}.")
+    hasher = _hasher()
+
+    async def action(store: KeyStore) -> tuple[IssuedKey, KeyRecord]:
+        manager = _manager(store, hasher)
+        issued = await manager.rotate(key_id, grace=grace)
+        return issued, await manager.get(key_id)
+
+    issued, old = _run(store_url, action, writes_keys=True)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"key": issued.key, **_record_json(issued.record), "replaces": _record_json(old)}
+            )
+        )
+        return
+    ends = old.expires_at or issued.record.created_at  # rotation always sets it
+    left = ends - issued.record.created_at
+    if left <= timedelta(0):
+        note = f"\nThe old key {key_id} no longer works."
+    else:
+        note = (
+            f"\nThe old key {key_id} keeps working for {format_duration(left)},"
+            f" until {_when(ends)}."
+        )
+    _echo_issued(issued, as_json=False, note=note)
 
 
 if __name__ == "__main__":  # pragma: no cover

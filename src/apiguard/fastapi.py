@@ -4,8 +4,8 @@
 
     @app.post("/items", dependencies=[require_scopes("items:write")])
 
-Needs FastAPI (`pip install 'apiguard[fastapi]'`) and an apiguard middleware in
-front of the app, which puts the caller in `request.user`.
+Needs FastAPI (`pip install 'apiguard-asgi[fastapi]'`) and an apiguard middleware in
+front of the app, which puts the caller in `request.user` and answers the refusal.
 """
 
 from __future__ import annotations
@@ -14,29 +14,33 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from apiguard._challenge import build_challenge
-from apiguard.exceptions import AuthError, ConfigurationError
+from apiguard.exceptions import ConfigurationError
 from apiguard.policies import check_scopes, parse_requirement
 from apiguard.principal import Principal
 
 try:
-    from fastapi import Depends, HTTPException
+    from fastapi import Depends
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
-        "apiguard.fastapi needs FastAPI: pip install 'apiguard[fastapi]'"
+        "apiguard.fastapi needs FastAPI: pip install 'apiguard-asgi[fastapi]'"
     ) from exc
 
 __all__ = ["require_scopes"]
 
-_SCHEMES = {"api_key": "ApiKey", "bearer": "Bearer"}
 
-
-def require_scopes(*scopes: str, realm: str | None = "api") -> Any:
+def require_scopes(*scopes: str) -> Any:
     """A dependency that requires every one of `scopes` (or, with `"a | b"`, any alternative).
 
     A caller without them gets 403 `insufficient_scope` with one RFC 6750 §3
-    challenge listing every required scope; an anonymous caller (optional mode)
-    gets 401.
+    challenge listing every required scope; an anonymous caller (optional mode, an
+    excluded path) gets 401. The apiguard middleware in front of the app answers,
+    exactly as it answers its own refusals: the same JSON (or problem+json) body,
+    challenge, `Cache-Control: no-store` and `error_response` hook. The dependency
+    returns the caller's `Principal`.
+
+    Raises:
+        ConfigurationError: No scope is given, or (at request time) no apiguard
+            middleware is in front of the app.
     """
     if not scopes:
         raise ConfigurationError("require_scopes needs at least one scope")
@@ -48,26 +52,7 @@ def require_scopes(*scopes: str, realm: str | None = "api") -> Any:
             raise ConfigurationError(
                 "require_scopes needs an apiguard middleware in front of the app"
             )
-        try:
-            check_scopes(principal, alternatives)
-        except AuthError as error:
-            scheme = _SCHEMES.get(principal.kind, "Bearer")
-            required = getattr(error, "scopes", ())
-            challenge = build_challenge(
-                scheme,
-                realm,
-                error=error.error,
-                description=error.description,
-                scope=required,
-            )
-            detail: dict[str, Any] = {"error_description": error.description}
-            if error.error is not None:
-                detail = {"error": error.error, **detail}
-            if required:
-                detail["scope"] = " ".join(required)
-            raise HTTPException(
-                error.status_code, detail=detail, headers={"WWW-Authenticate": challenge}
-            ) from None
+        check_scopes(principal, alternatives)  # raises InsufficientScope, MissingCredentials
         return principal
 
     return Depends(dependency)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from apiguard._cache import CacheOptions
 from apiguard._core import AuthMiddleware, GuardOptions
+from apiguard._startup import hold_setup_errors
 from apiguard.authenticators import APIKeyAuth, BearerAuth
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
@@ -37,6 +38,7 @@ class APIKeyMiddleware(AuthMiddleware):
     `policies`).
     """
 
+    @hold_setup_errors
     def __init__(
         self,
         app: ASGIApp,
@@ -79,6 +81,7 @@ class BearerTokenMiddleware(AuthMiddleware):
     `resource_metadata`) and the options of `AuthMiddleware`.
     """
 
+    @hold_setup_errors
     def __init__(
         self,
         app: ASGIApp,

@@ -53,8 +53,8 @@ def _resolve_pepper(pepper: str | bytes | None) -> bytes:
         pepper = os.environ.get(PEPPER_ENV)
     if pepper is None:
         raise ConfigurationError(
-            f"no pepper configured: pass pepper=... or set {PEPPER_ENV} "
-            f"(at least {MIN_PEPPER_LENGTH} characters; `apiguard keys init` prints one)"
+            f"no pepper configured: set {PEPPER_ENV}, or pass pepper= to the middleware or"
+            f" KeyHasher (at least {MIN_PEPPER_LENGTH} bytes; `apiguard keys init` suggests one)"
         )
     if isinstance(pepper, str):
         pepper = pepper.encode("utf-8")
@@ -117,7 +117,7 @@ class KeyHasher:
         except MissingBackendError as exc:
             raise ConfigurationError(
                 f"a key is hashed with a scheme whose backend is missing ({exc}); "
-                "install 'apiguard[argon2]' or 'apiguard[bcrypt]'"
+                "install 'apiguard-asgi[argon2]' or 'apiguard-asgi[bcrypt]'"
             ) from exc
         except ValueError:
             # An unrecognized or corrupt hash matches nothing.

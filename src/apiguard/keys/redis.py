@@ -1,6 +1,6 @@
 """`RedisKeyStore`: keys in Redis, through redis-py's asyncio client.
 
-Install with `pip install 'apiguard[redis]'`. URLs: `redis://[:password@]host:6379/0`,
+Install with `pip install 'apiguard-asgi[redis]'`. URLs: `redis://[:password@]host:6379/0`,
 `rediss://` for TLS, `unix://[:password@]/path/to/redis.sock?db=0`.
 
 Each key is one hash, so a lookup is one `HGETALL`; a set of key ids serves `list()`.
@@ -39,7 +39,9 @@ try:
     import redis.asyncio as aioredis
     from redis import exceptions as redis_exceptions
 except ImportError as exc:
-    raise ConfigurationError("RedisKeyStore needs redis-py: pip install 'apiguard[redis]'") from exc
+    raise ConfigurationError(
+        "RedisKeyStore needs redis-py: pip install 'apiguard-asgi[redis]'"
+    ) from exc
 
 __all__ = ["RedisKeyStore"]
 

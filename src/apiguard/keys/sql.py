@@ -1,8 +1,8 @@
 """`SQLKeyStore`: keys in a SQL database through SQLAlchemy 2 (async).
 
 SQLite through aiosqlite is the embedded default (`sqlite:///keys.db`,
-`pip install 'apiguard[sqlite]'`); PostgreSQL goes through asyncpg
-(`postgresql://user:password@host/db`, `pip install 'apiguard[postgres]'`). Both run
+`pip install 'apiguard-asgi[sqlite]'`); PostgreSQL goes through asyncpg
+(`postgresql://user:password@host/db`, `pip install 'apiguard-asgi[postgres]'`). Both run
 the same statements on the same tables.
 
 The schema carries a version, in the table `apiguard_schema`. The first store to use
@@ -41,8 +41,8 @@ try:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
-        "SQLKeyStore needs SQLAlchemy and a driver: pip install 'apiguard[sqlite]' "
-        "for SQLite, 'apiguard[postgres]' for PostgreSQL"
+        "SQLKeyStore needs SQLAlchemy and a driver: pip install 'apiguard-asgi[sqlite]' "
+        "for SQLite, 'apiguard-asgi[postgres]' for PostgreSQL"
     ) from exc
 
 __all__ = ["SQLKeyStore"]
@@ -342,7 +342,7 @@ class SQLKeyStore(BaseKeyStore):
             message = f"cannot open key store: {hide_password(str(exc), url)}"
             extra = _EXTRAS.get(engine_url.split(":", 1)[0].split("+", 1)[0])
             if isinstance(exc, ImportError) and extra:
-                message += f"; pip install 'apiguard[{extra}]'"
+                message += f"; pip install 'apiguard-asgi[{extra}]'"
             raise ConfigurationError(message) from None
         return cls(engine, _owns_engine=True)
 
