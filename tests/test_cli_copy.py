@@ -325,3 +325,24 @@ async def test_records_added_meanwhile_are_compared_not_overwritten() -> None:
 
     with pytest.raises(KeyStateError):
         await copy_keys(source, _Vanishing())
+
+
+# --- the deployment guide ---------------------------------------------------------
+
+GUIDE = Path(__file__).parent.parent / "docs" / "deployment.md"
+
+
+def test_the_deployment_guide_shows_the_command_as_it_is(sqlite_url: str, tmp_path: Path) -> None:
+    """The guide's `keys copy` lines use real options, and its sample output real labels."""
+    command = main.commands["keys"].commands["copy"]  # type: ignore[attr-defined]
+    options = {opt for param in command.params for opt in param.opts}
+    lines = GUIDE.read_text().splitlines()
+    shown = [line for line in lines if line.startswith("$ apiguard keys copy")]
+    assert shown
+    for line in shown:
+        assert {word for word in line.split() if word.startswith("--")} <= options
+    create(sqlite_url, "--name", "a")
+    output = cli("keys", "copy", "--from", sqlite_url, "--to", f"sqlite:///{tmp_path}/b.db")
+    labels = [line.split(":")[0] for line in output.stdout.splitlines()]
+    start = lines.index(shown[-1]) + 1
+    assert [line.split(":")[0] for line in lines[start : start + len(labels)]] == labels
