@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner, Result
 
+import apiguard.keys
 from apiguard import InvalidCredentials, KeyRecord
 from apiguard.cli import main
-from apiguard.exceptions import KeyStateError
-from apiguard.keys import KeyHasher, KeyVerifier, MemoryKeyStore, open_store
+from apiguard.exceptions import ConfigurationError, KeyStateError
+from apiguard.keys import KeyHasher, KeyVerifier, MemoryKeyStore, open_store, register_scheme
 from apiguard.keys._copy import CopyOutcome, compare_records, copy_keys
 from apiguard.testing import make_record
 from apiguard.types import KeyStore
@@ -217,6 +218,29 @@ def test_store_passwords_never_shown(sqlite_url: str, postgres_url: str) -> None
         refused = cli("keys", "copy", "--from", source, "--to", target, code=1)
         assert "key store unavailable" in refused.output
         assert "Wr0ng-Passw0rd" not in refused.output
+
+
+@pytest.fixture
+def leaky_scheme() -> Iterator[None]:
+    """`leaky://` fails with its URL and password in the message."""
+
+    def leaky(url: str) -> KeyStore:
+        raise ConfigurationError(f"cannot log in to {url} with password 's3cret-Pa55'")
+
+    register_scheme("leaky", leaky)
+    yield
+    del apiguard.keys._SCHEMES["leaky"]
+
+
+@pytest.mark.parametrize("side", ["--from", "--to"])
+def test_a_store_quoting_its_password_is_shown_without_it(
+    sqlite_url: str, leaky_scheme: None, side: str
+) -> None:
+    leaky = "leaky://app:s3cret-Pa55@db.example/keys"
+    urls = {"--from": sqlite_url, "--to": sqlite_url, side: leaky}
+    result = cli("keys", "copy", "--from", urls["--from"], "--to", urls["--to"], code=1)
+    assert "leaky://app:***@db.example/keys" in result.output
+    assert "s3cret-Pa55" not in result.output
 
 
 def test_same_store_is_refused(sqlite_url: str) -> None:
