@@ -276,6 +276,20 @@ async def test_store_outage_raises_and_is_not_cached(
     assert principal.key_id == issued.record.key_id
 
 
+async def test_keys_verified_before_an_outage_are_served_from_the_cache(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    """During an outage, a key verified less than `ttl` ago still works; others get 503."""
+    manager = KeyManager(counting, hasher)
+    known, unknown = await manager.create("a"), await manager.create("b")
+    await verifier.verify(known.key.encode())
+    counting.down = True
+    principal, _ = await verifier.verify(known.key.encode())
+    assert principal.key_id == known.record.key_id
+    with pytest.raises(BackendUnavailableError):
+        await verifier.verify(unknown.key.encode())
+
+
 async def test_usage_write_failure_does_not_refuse(
     verifier: KeyVerifier,
     counting: CountingStore,

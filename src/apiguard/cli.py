@@ -23,6 +23,7 @@ import click
 from apiguard._cache import CacheOptions
 from apiguard.exceptions import ApiGuardError, BackendUnavailableError
 from apiguard.keys import KeyManager, MemoryKeyStore, open_store
+from apiguard.keys._copy import copy_keys
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import MIN_PEPPER_LENGTH, PEPPER_ENV, KeyHasher
@@ -391,6 +392,86 @@ def rotate(store_url: str, key_id: str, grace: timedelta, as_json: bool) -> None
             f" until {_when(ends)}."
         )
     _echo_issued(issued, as_json=False, note=note)
+
+
+# --- keys copy -----------------------------------------------------------------
+
+_DONE = {"copy": "copied", "update": "updated", "skip": "skipped", "conflict": "conflicts"}
+
+
+def _run_copy(
+    from_url: str, to_url: str, action: Callable[[KeyStore, KeyStore], Awaitable[T]]
+) -> T:
+    """`_run` with two stores: both closed after, neither URL's password in an error."""
+
+    async def go() -> T:
+        source = open_store(from_url)
+        try:
+            target = open_store(to_url)
+            try:
+                return await action(source, target)
+            finally:
+                await target.aclose()
+        finally:
+            await source.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ApiGuardError as exc:
+        message = hide_password(hide_password(str(exc), from_url), to_url)
+        raise click.ClickException(message) from None
+
+
+@keys.command()
+@click.option("--from", "from_url", required=True, metavar="URL", help="The store to copy from.")
+@click.option("--to", "to_url", required=True, metavar="URL", help="The store to copy into.")
+@click.option("--dry-run", is_flag=True, help="Say what would be copied; write nothing.")
+@json_option
+def copy(from_url: str, to_url: str, dry_run: bool, as_json: bool) -> None:
+    """Copy every key record (hashes as stored) into another store; safe to re-run.
+
+    Records already there are skipped; a revocation or a later last use missing
+    there is applied; a record that differs otherwise is reported as a conflict,
+    left as it is, and the command exits with status 1.
+    """
+    if from_url == to_url:
+        raise click.UsageError("--from and --to name the same store")
+    outcomes = _run_copy(
+        from_url, to_url, lambda source, target: copy_keys(source, target, dry_run=dry_run)
+    )
+    counts = {done: 0 for done in _DONE.values()}
+    for outcome in outcomes:
+        counts[_DONE[outcome.action]] += 1
+    noted = [outcome for outcome in outcomes if outcome.action in ("update", "conflict")]
+    if as_json:
+        summary: dict[str, Any] = {
+            "from": redact_url(from_url),
+            "to": redact_url(to_url),
+            "dry_run": dry_run,
+            **counts,
+            "records": [
+                {"key_id": o.key_id, "action": o.action, "fields": list(o.fields)}
+                for o in outcomes
+                if o.action != "skip"
+            ],
+        }
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"{'from:':<11}{redact_url(from_url)}")
+        click.echo(f"{'to:':<11}{redact_url(to_url)}")
+        if dry_run:
+            click.echo(f"{'dry run:':<11}nothing was written; the counts say what a copy would do")
+        for outcome in noted:
+            how = "differs in" if outcome.action == "conflict" else "brings forward"
+            click.echo(f"{outcome.action:<10} {outcome.key_id}  {how}: {' '.join(outcome.fields)}")
+        for done, count in counts.items():
+            click.echo(f"{done + ':':<11}{count}")
+    if counts["conflicts"]:
+        click.echo(
+            f"{counts['conflicts']} key(s) differ in the destination and were left as they are.",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
