@@ -426,3 +426,33 @@ async def test_a_lookup_cut_off_by_its_deadline_leaves_no_lock_behind(
     finally:
         await server.aclose()
         await admin.aclose()
+
+
+@pytest.mark.parametrize(
+    ("text", "url", "shown"),
+    [
+        (
+            "auth failed: s3cret-Pa55 at postgresql://u:s3cret-Pa55@h/db",
+            "postgresql://u:s3cret-Pa55@h/db",
+            "auth failed: *** at postgresql://u:***@h/db",
+        ),
+        # A password that is also the user name or the scheme is not masked in words.
+        (
+            "No module named 'asyncpg'; pip install 'apiguard-asgi[postgres]'",
+            "postgresql://postgres:postgres@localhost/app",
+            "No module named 'asyncpg'; pip install 'apiguard-asgi[postgres]'",
+        ),
+        (
+            "RedisKeyStore needs redis-py",
+            "redis://:redis@cache",
+            "RedisKeyStore needs redis-py",
+        ),
+        ("cannot open the pg store", "postgresql://u:p@h/db", "cannot open the pg store"),
+    ],
+)
+def test_hide_password_masks_the_password_not_words_that_contain_it(
+    text: str, url: str, shown: str
+) -> None:
+    from apiguard.keys._url import hide_password
+
+    assert hide_password(text, url) == shown

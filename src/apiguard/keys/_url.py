@@ -53,8 +53,14 @@ def hide_password(text: str, url: str) -> str:
     span = _password_span(url)
     secrets = [url[span[0] : span[1]]] if span is not None else []
     secrets += [match[2] for match in _SECRET_PARAM.finditer(url) if match[2]]
+    public = redact_url(url)
     for written in secrets:
         decoded = unquote(written)
+        if decoded in public or len(decoded) < 4:
+            # A password that is also the user name, part of the scheme or host
+            # (`postgres:postgres@`), or a few letters, is no secret to the rest of
+            # the message: masking it there would only garble words like `postgresql`.
+            continue
         for form in sorted({written, decoded, quote(decoded, safe="")}, key=len, reverse=True):
-            text = text.replace(form, _MASK)
+            text = re.sub(rf"(?<![\w-]){re.escape(form)}(?![\w-])", _MASK, text)
     return text
