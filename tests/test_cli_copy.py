@@ -243,6 +243,20 @@ def test_a_store_quoting_its_password_is_shown_without_it(
     assert "s3cret-Pa55" not in result.output
 
 
+def test_an_empty_source_is_an_error_not_a_silent_success(tmp_path: Path) -> None:
+    """A mistyped SQLite path opens a new, empty database: the copy says so and fails."""
+    result = cli(
+        "keys",
+        "copy",
+        "--from",
+        f"sqlite:///{tmp_path}/nothere.db",
+        "--to",
+        f"sqlite:///{tmp_path}/copy.db",
+        code=1,
+    )
+    assert "holds no keys" in result.output
+
+
 def test_same_store_is_refused(sqlite_url: str) -> None:
     result = cli("keys", "copy", "--from", sqlite_url, "--to", sqlite_url, code=2)
     assert "same store" in result.output

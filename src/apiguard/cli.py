@@ -439,6 +439,11 @@ def copy(from_url: str, to_url: str, dry_run: bool, as_json: bool) -> None:
     outcomes = _run_copy(
         from_url, to_url, lambda source, target: copy_keys(source, target, dry_run=dry_run)
     )
+    if not outcomes:
+        # A mistyped SQLite path opens a new, empty database: never a silent success.
+        raise click.ClickException(
+            f"the store {redact_url(from_url)} holds no keys: nothing to copy (is --from right?)"
+        )
     counts = {done: 0 for done in _DONE.values()}
     for outcome in outcomes:
         counts[_DONE[outcome.action]] += 1
