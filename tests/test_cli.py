@@ -148,6 +148,16 @@ def test_init_suggests_a_pepper_only_when_missing(
     assert len(suggested) >= 32
 
 
+def test_init_refuses_a_pepper_too_short_to_use(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APIGUARD_PEPPER", "x")
+    result = cli("keys", "init", ok=False)
+    assert result.exit_code == 1
+    assert "too short" in result.output
+    assert "Key store ready" not in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

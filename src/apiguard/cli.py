@@ -230,6 +230,8 @@ def keys() -> None:
 def init(store_url: str, as_json: bool) -> None:
     """Create the key store's schema, and suggest a pepper if none is set."""
     _run(store_url, lambda store: store.list())
+    if os.environ.get(PEPPER_ENV):
+        _hasher()  # a pepper that is set must be usable: say so now, not at the first key
     pepper = None if os.environ.get(PEPPER_ENV) else secrets.token_urlsafe(32)
     if as_json:
         click.echo(json.dumps({"store": redact_url(store_url), "suggested_pepper": pepper}))
