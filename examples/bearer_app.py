@@ -24,6 +24,12 @@ from apiguard.fastapi import require_scopes
 from apiguard.keys import open_store
 from apiguard.tokens import JWTIntrospector
 
+missing = [name for name in ("OAUTH_ISSUER", "OAUTH_AUDIENCE") if not os.environ.get(name)]
+if missing:  # the example's own settings, not apiguard's: say which, without a traceback
+    raise SystemExit(
+        f"examples.bearer_app needs {' and '.join(missing)}: see the top of"
+        " examples/bearer_app.py, or run `bash scripts/demo-bearer`"
+    )
 introspector = JWTIntrospector.from_issuer(
     os.environ["OAUTH_ISSUER"],
     audience=os.environ["OAUTH_AUDIENCE"],

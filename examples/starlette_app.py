@@ -56,8 +56,11 @@ async def hello(request: Request) -> JSONResponse:
 
 @requires_scopes("items:write")
 async def add_item(request: Request) -> JSONResponse:
-    ITEMS.append(request.query_params["name"])
-    return JSONResponse({"added": request.query_params["name"]}, status_code=201)
+    name = request.query_params.get("name")
+    if not name:
+        return JSONResponse({"error": "add ?name=... to the URL"}, status_code=422)
+    ITEMS.append(name)
+    return JSONResponse({"added": name}, status_code=201)
 
 
 app = Starlette(

@@ -79,6 +79,15 @@ def test_starlette_example_prints_a_key_that_works(
         }
         added = client.post("/items?name=drill", headers={"X-API-Key": key})
         assert added.status_code == 201
+        unnamed = client.post("/items", headers={"X-API-Key": key})
+        assert unnamed.status_code == 422
+
+
+def test_bearer_example_names_its_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OAUTH_ISSUER", raising=False)
+    monkeypatch.setenv("OAUTH_AUDIENCE", "https://api.example")
+    with pytest.raises(SystemExit, match="needs OAUTH_ISSUER"):
+        import_example("bearer_app")
 
 
 def test_starlette_example_with_a_store_url(
