@@ -189,6 +189,12 @@ class VerdictCache(Generic[K, V]):
         self.positive.invalidate(tag)
         self.negative.invalidate(tag)
 
+    def clear(self) -> None:
+        """Forget every verdict."""
+        self._generation += 1
+        self.positive.clear()
+        self.negative.clear()
+
     def allow(
         self,
         key: K,

@@ -26,6 +26,7 @@ from apiguard.exceptions import (
     ConfigurationError,
     InvalidCredentials,
 )
+from apiguard.keys.channel import ALL_KEYS
 from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.record import KeyRecord, utcnow
@@ -102,8 +103,14 @@ class KeyVerifier:
         store.add_listener(self.invalidate)
 
     def invalidate(self, key_id: str) -> None:
-        """Forget every cached verification of `key_id` (called on revoke and rotate)."""
-        self._verdicts.invalidate(key_id)
+        """Forget every cached verification of `key_id` (called on revoke and rotate).
+
+        `ALL_KEYS` forgets every cached verification.
+        """
+        if key_id == ALL_KEYS:
+            self._verdicts.clear()
+        else:
+            self._verdicts.invalidate(key_id)
 
     async def verify(self, raw: bytes) -> Grant:
         """Return the principal and credentials for a presented key.
