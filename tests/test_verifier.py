@@ -13,6 +13,7 @@ from passlib.hash import pbkdf2_sha256
 
 from apiguard import BackendUnavailableError, CacheOptions, ConfigurationError, InvalidCredentials
 from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, MemoryKeyStore, open_store
+from apiguard.keys.channel import ALL_KEYS
 from apiguard.keys.record import KeyRecord
 from apiguard.testing import make_record
 
@@ -185,6 +186,20 @@ async def test_revoke_elsewhere_takes_effect_within_the_ttl(
     finally:
         await server_store.aclose()
         await admin_store.aclose()
+
+
+async def test_all_keys_forgets_every_verification(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    """`ALL_KEYS` (a channel that reconnected, having missed events) empties the cache."""
+    manager = KeyManager(counting, hasher)
+    keys = [(await manager.create(name)).key.encode() for name in ("a", "b")]
+    for key in keys:
+        await verifier.verify(key)
+    verifier.invalidate(ALL_KEYS)
+    for key in keys:
+        await verifier.verify(key)
+    assert counting.gets == 4
 
 
 async def test_revoke_during_a_lookup_is_not_undone_by_it(

@@ -28,7 +28,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from apiguard.exceptions import ConfigurationError
 from apiguard.keys._url import redact_url
@@ -339,15 +339,17 @@ PUSH_PARAM = "push"
 
 def split_push(url: str) -> tuple[str, str | None]:
     """`url` without its `push` query parameter, and that parameter's value (or None)."""
-    parts = urlsplit(url)
-    if not parts.query:
+    # Not through urlsplit/urlunsplit: they turn sqlite:////abs/path into sqlite://abs/path.
+    base, sep, query = url.partition("?")
+    if not sep:
         return url, None
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    push = [value for name, value in query if name == PUSH_PARAM]
+    query, hash_sign, fragment = query.partition("#")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    push = [value for name, value in pairs if name == PUSH_PARAM]
     if not push:
         return url, None
-    rest = urlencode([(name, value) for name, value in query if name != PUSH_PARAM])
-    return urlunsplit(parts._replace(query=rest)), push[-1]
+    rest = urlencode([(name, value) for name, value in pairs if name != PUSH_PARAM])
+    return base + ("?" + rest if rest else "") + hash_sign + fragment, push[-1]
 
 
 def channel_from_push(push: str) -> InvalidationChannel | None:
