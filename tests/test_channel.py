@@ -83,6 +83,16 @@ async def test_changes_reach_other_stores_once(url: str) -> None:
         assert heard == [ALL_KEYS, "A" * 12, "A" * 12, "C" * 12, "D" * 12]
 
 
+@pytest.mark.postgres
+async def test_a_postgres_channel_publishes_by_itself_too(postgres_url: str) -> None:
+    """`PostgresChannel.publish()`, for stores that cannot NOTIFY in their own transaction."""
+    async with listening(postgres_url) as (_, heard):
+        channel = PostgresChannel(postgres_url)
+        await channel.publish("Z" * 12)
+        await channel.aclose()
+        await until(lambda: "Z" * 12 in heard, "the event")
+
+
 async def test_foreign_messages_are_ignored(redis_url: str, redis_server: RedisServer) -> None:
     """Only "<key id> <sender>" events are applied: anything else on the channel is not ours."""
     async with listening(redis_url) as (_, heard), open_store(redis_url) as other:  # type: ignore[attr-defined]
