@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from apiguard.exceptions import ConfigurationError
 from apiguard.keys import BaseKeyStore, RedisKeyStore, SQLKeyStore, open_store
 from apiguard.keys.channel import (
     ALL_KEYS,
+    InvalidationChannel,
     PostgresChannel,
     RedisChannel,
     channel_from_push,
@@ -225,3 +227,36 @@ async def test_which_store_gets_which_channel(tmp_path: Path) -> None:
             assert "pw" not in repr(store.channel)
         await store.aclose()
     assert getattr(open_store("memory://"), "channel", None) is None
+
+
+class IdleChannel(InvalidationChannel):
+    """Connects at once, then hears nothing: for the subscriber's life cycle alone."""
+
+    async def publish(self, key_id: str) -> None:
+        pass
+
+    async def _listen(self, connected: Callable[[], None], deliver: Callable[[str], None]) -> None:
+        connected()
+        await anyio.sleep_forever()
+
+
+def test_a_subscriber_follows_its_store_to_a_new_event_loop() -> None:
+    """A store used from one event loop after another has a subscriber on each in turn."""
+    channel = IdleChannel()
+    store = BaseKeyStore(channel=channel)
+    heard: list[str] = []
+    store.add_listener(heard.append)  # no loop runs: nothing starts
+    assert not channel.running
+
+    async def use() -> None:
+        store._watch()
+        store._watch()  # one subscriber, however often asked
+        await anyio.sleep(0.01)
+        assert channel.connected
+
+    asyncio.run(use())  # which cancels the subscriber as the loop ends
+    assert not channel.connected
+    asyncio.run(use())
+    assert heard == [ALL_KEYS, ALL_KEYS]
+    asyncio.run(store.aclose())
+    assert not channel.running

@@ -69,13 +69,12 @@ class BaseKeyStore:
         loop ended (a store used from one event loop after another).
         """
         channel = self.channel
-        if channel is None or channel.running or not self._listeners:
+        if channel is None or not self._listeners:
             return
         try:
-            asyncio.get_running_loop()
+            channel.start(self._changed)  # a no-op while it runs on this loop
         except RuntimeError:  # built before the server's loop runs: the first lookup starts it
             return
-        channel.start(self._changed)
 
     async def _announce(self, key_id: str, *, published: bool = False) -> None:
         """After a committed write: tell the listeners here, then every other process.

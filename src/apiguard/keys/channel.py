@@ -117,13 +117,21 @@ class InvalidationChannel(ABC):
         Raises:
             RuntimeError: No event loop is running.
         """
-        if self.running:
+        loop = asyncio.get_running_loop()
+        task = self._task
+        if task is not None and not task.done() and not task.get_loop().is_closed():
             return
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(apply), name=f"apiguard invalidations: {self!r}"
-        )
+        # None yet, ended, or left on a loop that is closed (a store used from one
+        # event loop after another): a new one on this loop.
+        self._task = loop.create_task(self._run(apply), name=f"apiguard invalidations: {self!r}")
 
     async def _run(self, apply: Listener) -> None:
+        try:
+            await self._subscribe(apply)
+        finally:  # cancelled: by aclose(), or by the end of its event loop
+            self.connected = False
+
+    async def _subscribe(self, apply: Listener) -> None:
         lost_at: float | None = None
         failures = 0
         loop = asyncio.get_running_loop()
