@@ -87,6 +87,7 @@ class InvalidationChannel(ABC):
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
+        self._lost: list[Callable[[], None]] = []
         self._sender = secrets.token_hex(8)
         self.connected = False
         """Whether the subscriber is listening now."""
@@ -95,6 +96,10 @@ class InvalidationChannel(ABC):
     def running(self) -> bool:
         """Whether the subscriber task exists and has not ended."""
         return self._task is not None and not self._task.done()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever the subscription is lost (or cannot be made)."""
+        self._lost.append(callback)
 
     def payload(self, key_id: str) -> str:
         """The event that says `key_id` changed, as published."""
@@ -163,6 +168,8 @@ class InvalidationChannel(ABC):
                 reason = type(exc).__name__
             self.connected = False
             if failures == 0:  # it was up, or this was the first attempt: say so once
+                for callback in tuple(self._lost):
+                    callback()
                 lost_at = loop.time() if lost_at is None else lost_at
                 logger.warning(
                     "invalidation channel lost (%s): %r; changes made by other processes "
