@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from apiguard import BackendUnavailableError, ConfigurationError, KeyStateError
 from apiguard.keys import RedisKeyStore, open_store
 from apiguard.keys.record import utcnow
-from apiguard.testing import make_record
+from apiguard.testing import _recorder, make_record
 from tests.servers import RedisServer, free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -160,7 +160,7 @@ async def test_rotating_to_a_taken_key_id_changes_nothing(store: RedisKeyStore) 
     await store.add(make_record(expires_at=now + timedelta(days=90)))
     await store.add(make_record("N" * 12, "bob"))
     seen: list[str] = []
-    store.add_listener(seen.append)
+    store.add_listener(_recorder(seen))
     with pytest.raises(KeyStateError):
         await store.rotate("K" * 12, make_record("N" * 12), old_expires_at=now)
     old = await store.get("K" * 12)

@@ -13,6 +13,7 @@ from passlib.hash import pbkdf2_sha256
 
 from apiguard import BackendUnavailableError, CacheOptions, ConfigurationError, InvalidCredentials
 from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, MemoryKeyStore, open_store
+from apiguard.keys.channel import ALL_KEYS, InvalidationChannel
 from apiguard.keys.record import KeyRecord
 from apiguard.testing import make_record
 
@@ -185,6 +186,20 @@ async def test_revoke_elsewhere_takes_effect_within_the_ttl(
     finally:
         await server_store.aclose()
         await admin_store.aclose()
+
+
+async def test_all_keys_forgets_every_verification(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+) -> None:
+    """`ALL_KEYS` (a channel that reconnected, having missed events) empties the cache."""
+    manager = KeyManager(counting, hasher)
+    keys = [(await manager.create(name)).key.encode() for name in ("a", "b")]
+    for key in keys:
+        await verifier.verify(key)
+    verifier.invalidate(ALL_KEYS)
+    for key in keys:
+        await verifier.verify(key)
+    assert counting.gets == 4
 
 
 async def test_revoke_during_a_lookup_is_not_undone_by_it(
@@ -530,3 +545,78 @@ async def test_record_fields_reach_the_principal(
     counting._records[issued.record.key_id] = replace(issued.record, scopes=frozenset({"y"}))
     principal, _ = await verifier.verify(issued.key.encode())
     assert principal.scopes == {"y"}
+
+
+class SwitchChannel(InvalidationChannel):
+    """A channel the test connects and loses by hand (no subscriber task)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.apply: Callable[[str], None] = lambda key_id: None
+
+    async def publish(self, key_id: str) -> None:
+        pass
+
+    async def _listen(self, connected: Callable[[], None], deliver: Callable[[str], None]) -> None:
+        raise NotImplementedError
+
+    def start(self, apply: Callable[[str], None]) -> None:
+        self.apply = apply
+
+    def up(self) -> None:
+        self.connected = True
+        self.apply(ALL_KEYS)
+
+    def down(self) -> None:
+        self.connected = False
+        for callback in self._lost:
+            callback()
+
+
+async def test_a_shorter_ttl_while_the_channel_is_down(
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    """`ttl_without_push`: lost, the cache empties and refills for the short ttl; back, `ttl`."""
+    channel = SwitchChannel()
+    counting.channel = channel
+    options = CacheOptions(ttl=300, ttl_without_push=1)
+    verifier = KeyVerifier(counting, hasher, cache=options, clock=clock)
+    key = (await KeyManager(counting, hasher).create("a")).key.encode()
+    channel.up()
+    await verifier.verify(key)
+    clock.now += 100
+    await verifier.verify(key)
+    assert counting.gets == 1  # pushed: trusted for the whole ttl
+    channel.down()
+    await verifier.verify(key)
+    assert counting.gets == 2  # the loss emptied the cache
+    clock.now += 0.5
+    await verifier.verify(key)
+    clock.now += 1
+    await verifier.verify(key)
+    assert counting.gets == 3  # while down, one second at a time
+    channel.up()
+    await verifier.verify(key)
+    clock.now += 100
+    await verifier.verify(key)
+    assert counting.gets == 4
+
+
+async def test_without_ttl_without_push_a_lost_channel_changes_nothing(
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    """By default a channel outage keeps the cache and its `ttl`."""
+    channel = SwitchChannel()
+    counting.channel = channel
+    verifier = KeyVerifier(counting, hasher, cache=CacheOptions(ttl=300), clock=clock)
+    key = (await KeyManager(counting, hasher).create("a")).key.encode()
+    await verifier.verify(key)
+    channel.down()
+    clock.now += 100
+    await verifier.verify(key)
+    assert counting.gets == 1
+
+
+def test_ttl_without_push_cannot_be_negative() -> None:
+    with pytest.raises(ConfigurationError):
+        CacheOptions(ttl_without_push=-1)

@@ -145,16 +145,22 @@ class CacheOptions:
             does. It never outlives the credential's own expiry.
         negative_ttl: Seconds a refused credential is refused without asking again.
             Malformed credentials and outages are never cached.
+        ttl_without_push: API keys in a store with an invalidation channel
+            (PostgreSQL, Redis): the `ttl` of verifications made while the channel
+            is down, and the cache is emptied when it is lost, so this bounds the
+            revocation delay during a channel outage (plus the time to notice a
+            silent one). `None`: `ttl` throughout.
     """
 
     max_size: int = 10_000
     ttl: float = 30.0
     negative_ttl: float = 5.0
+    ttl_without_push: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_size < 1:
             raise ConfigurationError("CacheOptions.max_size must be at least 1")
-        if self.ttl < 0 or self.negative_ttl < 0:
+        if min(self.ttl, self.negative_ttl, self.ttl_without_push or 0) < 0:
             raise ConfigurationError("cache TTLs cannot be negative")
 
 
@@ -188,6 +194,12 @@ class VerdictCache(Generic[K, V]):
         self._generation += 1
         self.positive.invalidate(tag)
         self.negative.invalidate(tag)
+
+    def clear(self) -> None:
+        """Forget every verdict."""
+        self._generation += 1
+        self.positive.clear()
+        self.negative.clear()
 
     def allow(
         self,

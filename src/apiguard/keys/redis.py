@@ -33,6 +33,7 @@ from apiguard.exceptions import (
 )
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.base import BaseKeyStore
+from apiguard.keys.channel import InvalidationChannel, RedisChannel, channel_from_push, split_push
 from apiguard.keys.record import KeyRecord
 
 try:
@@ -156,6 +157,9 @@ class RedisKeyStore(BaseKeyStore):
             was given; `from_url()` makes one the store owns.
         key_prefix: Put before every Redis key the store uses, so that several stores
             (or other data) can share a database.
+        channel: Pushes key changes to other processes (`apiguard.keys.channel`);
+            `from_url()` uses Redis pub/sub on the same server, channel
+            `<key_prefix>invalidations`.
     """
 
     def __init__(
@@ -163,9 +167,10 @@ class RedisKeyStore(BaseKeyStore):
         client: aioredis.Redis,
         *,
         key_prefix: str = "apiguard:",
+        channel: InvalidationChannel | None = None,
         _owns_client: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(channel=channel)
         self._client = client
         self._owns_client = _owns_client
         self._key_prefix = key_prefix
@@ -186,9 +191,14 @@ class RedisKeyStore(BaseKeyStore):
         query win). Connecting and each command give up after 5 s unless
         `socket_connect_timeout` and `socket_timeout` say otherwise.
 
+        Key changes reach other processes through pub/sub on the same server
+        (channel `<key_prefix>invalidations`); `?push=off` turns that off, and
+        `?push=redis://…` (URL-encoded) uses another server.
+
         Raises:
             ConfigurationError: The URL is malformed.
         """
+        url, push = split_push(url)
         client_options.setdefault("socket_connect_timeout", 5.0)
         client_options.setdefault("socket_timeout", 5.0)
         try:
@@ -198,7 +208,12 @@ class RedisKeyStore(BaseKeyStore):
             raise ConfigurationError(
                 f"cannot open key store {redact_url(url)!r}: {hide_password(str(exc), url)}"
             ) from None
-        return cls(client, key_prefix=key_prefix, _owns_client=True)
+        channel: InvalidationChannel | None
+        if push is None:
+            channel = RedisChannel(client, name=f"{key_prefix}invalidations")
+        else:
+            channel = channel_from_push(push)
+        return cls(client, key_prefix=key_prefix, channel=channel, _owns_client=True)
 
     def __repr__(self) -> str:
         options = self._client.connection_pool.connection_kwargs
@@ -218,6 +233,7 @@ class RedisKeyStore(BaseKeyStore):
             raise BackendUnavailableError(f"key store unavailable: {type(exc).__name__}") from exc
 
     async def get(self, key_id: str) -> KeyRecord | None:
+        self._watch()
         with self._errors():
             stored = await self._client.hgetall(self._key(key_id))
         return _record(key_id, stored) if stored else None
@@ -253,7 +269,7 @@ class RedisKeyStore(BaseKeyStore):
             stored = await self._revoke(keys=[self._key(key_id)], args=[_micros(at)])
         if stored is None:
             raise KeyNotFoundError(f"no key with id {key_id!r}")
-        self._changed(key_id)
+        await self._announce(key_id)
         return _record(key_id, _pairs(stored))
 
     async def rotate(self, key_id: str, new: KeyRecord, *, old_expires_at: datetime) -> KeyRecord:
@@ -266,7 +282,7 @@ class RedisKeyStore(BaseKeyStore):
             raise KeyNotFoundError(f"no key with id {key_id!r}")
         if stored == 1:
             raise KeyStateError(f"a key with id {new.key_id!r} already exists")
-        self._changed(key_id)
+        await self._announce(key_id)
         return _record(key_id, _pairs(stored))
 
     async def update_hash(self, key_id: str, secret_hash: str) -> None:
@@ -280,5 +296,6 @@ class RedisKeyStore(BaseKeyStore):
             await self._record_usage(keys=[self._key(key_id)], args=[_micros(at)])
 
     async def aclose(self) -> None:
+        await super().aclose()
         if self._owns_client:
             await self._client.aclose()

@@ -33,6 +33,12 @@ from apiguard.exceptions import (
 )
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.base import BaseKeyStore
+from apiguard.keys.channel import (
+    InvalidationChannel,
+    PostgresChannel,
+    channel_from_push,
+    split_push,
+)
 from apiguard.keys.record import KeyRecord
 
 try:
@@ -277,10 +283,25 @@ class SQLKeyStore(BaseKeyStore):
     Args:
         engine: An SQLAlchemy `AsyncEngine`. The store does not dispose of an engine
             it was given; `from_url()` makes one the store owns.
+        channel: Pushes key changes to other processes (`apiguard.keys.channel`). With
+            a `PostgresChannel` on the same database, the `NOTIFY` is part of the
+            write's transaction: sent on commit, never for a write rolled back.
     """
 
-    def __init__(self, engine: AsyncEngine, *, _owns_engine: bool = False) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        channel: InvalidationChannel | None = None,
+        _owns_engine: bool = False,
+    ) -> None:
+        super().__init__(channel=channel)
+        self._notify = (
+            channel.notify_channel
+            if channel is not None and engine.dialect.name == "postgresql"
+            else None
+        )
+        self._channel = channel
         self._engine = engine
         self._owns_engine = _owns_engine
         if engine.dialect.driver == "aiosqlite":
@@ -318,9 +339,15 @@ class SQLKeyStore(BaseKeyStore):
 
         `engine_options` go to `sqlalchemy.ext.asyncio.create_async_engine`.
 
+        Key changes reach other processes through PostgreSQL `LISTEN/NOTIFY` on
+        PostgreSQL; add `?push=redis://host:6379/0` (URL-encoded) to use Redis pub/sub
+        instead (on SQLite too), or `?push=off` for none (the cache ttl then bounds
+        how long other processes accept a revoked key).
+
         Raises:
             ConfigurationError: The URL is malformed or its driver is not installed.
         """
+        url, push = split_push(url)
         engine_url = _engine_url(url)
         # Driver errors must not carry statement parameters (a secret hash) into logs.
         engine_options.setdefault("hide_parameters", True)
@@ -344,7 +371,13 @@ class SQLKeyStore(BaseKeyStore):
             if isinstance(exc, ImportError) and extra:
                 message += f"; pip install 'apiguard-asgi[{extra}]'"
             raise ConfigurationError(message) from None
-        return cls(engine, _owns_engine=True)
+        channel: InvalidationChannel | None = None
+        if push is not None:
+            channel = channel_from_push(push)
+        elif engine.dialect.name == "postgresql":
+            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            channel = PostgresChannel(dsn)
+        return cls(engine, channel=channel, _owns_engine=True)
 
     def __repr__(self) -> str:
         return f"SQLKeyStore(url={self._engine.url.render_as_string(hide_password=True)!r})"
@@ -416,6 +449,7 @@ class SQLKeyStore(BaseKeyStore):
 
     @_retry_while_locked
     async def get(self, key_id: str) -> KeyRecord | None:
+        self._watch()
         async with self._connect() as conn:
             return await self._get(conn, key_id)
 
@@ -442,10 +476,19 @@ class SQLKeyStore(BaseKeyStore):
                 .values(revoked_at=at)
             )
             record = await self._get(conn, key_id)
+            if record is not None:
+                await self._notify_on_commit(conn, key_id)
         if record is None:
             raise KeyNotFoundError(f"no key with id {key_id!r}")
-        self._changed(key_id)
+        await self._announce(key_id, published=self._notify is not None)
         return record
+
+    async def _notify_on_commit(self, conn: AsyncConnection, key_id: str) -> None:
+        # PostgreSQL delivers a NOTIFY when its transaction commits, and drops it on
+        # a rollback: listeners never hear of a write that did not happen.
+        if self._notify is not None and self._channel is not None:
+            payload = self._channel.payload(key_id)
+            await conn.execute(sa.select(sa.func.pg_notify(self._notify, payload)))
 
     @_retry_while_locked
     async def rotate(self, key_id: str, new: KeyRecord, *, old_expires_at: datetime) -> KeyRecord:
@@ -465,9 +508,11 @@ class SQLKeyStore(BaseKeyStore):
                 .values(expires_at=old_expires_at)
             )
             old = await self._get(conn, key_id)
+            if old is not None:
+                await self._notify_on_commit(conn, key_id)
         if old is None:  # deleted by someone else inside our transaction: nothing to rotate
             raise KeyNotFoundError(f"no key with id {key_id!r}")
-        self._changed(key_id)
+        await self._announce(key_id, published=self._notify is not None)
         return old
 
     @_retry_while_locked
@@ -497,5 +542,6 @@ class SQLKeyStore(BaseKeyStore):
             )
 
     async def aclose(self) -> None:
+        await super().aclose()
         if self._owns_engine:
             await self._engine.dispose()

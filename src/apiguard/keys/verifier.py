@@ -26,6 +26,7 @@ from apiguard.exceptions import (
     ConfigurationError,
     InvalidCredentials,
 )
+from apiguard.keys.channel import ALL_KEYS, InvalidationChannel
 from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.record import KeyRecord, utcnow
@@ -100,10 +101,24 @@ class KeyVerifier:
         self.pending = False
         """Whether bookkeeping writes wait for `flush()`."""
         store.add_listener(self.invalidate)
+        # With `ttl_without_push`: verifications made while the store's channel is down
+        # are trusted that long, and those from before it was lost are forgotten.
+        channel: InvalidationChannel | None = getattr(store, "channel", None)
+        fallback = self._verdicts.options.ttl_without_push
+        self._push = channel if fallback is not None else None
+        self._fallback_ttl = fallback or 0.0
+        if self._push is not None:
+            self._push.on_lost(self._verdicts.clear)
 
     def invalidate(self, key_id: str) -> None:
-        """Forget every cached verification of `key_id` (called on revoke and rotate)."""
-        self._verdicts.invalidate(key_id)
+        """Forget every cached verification of `key_id` (called on revoke and rotate).
+
+        `ALL_KEYS` forgets every cached verification.
+        """
+        if key_id == ALL_KEYS:
+            self._verdicts.clear()
+        else:
+            self._verdicts.invalidate(key_id)
 
     async def verify(self, raw: bytes) -> Grant:
         """Return the principal and credentials for a presented key.
@@ -155,6 +170,9 @@ class KeyVerifier:
         lifetime = None
         if record.expires_at is not None:
             lifetime = (record.expires_at - wall_now).total_seconds()
+        if self._push is not None and not self._push.connected:
+            fallback = self._fallback_ttl
+            lifetime = fallback if lifetime is None else min(lifetime, fallback)
         self._verdicts.allow(digest, grant, generation, tag=record.key_id, lifetime=lifetime)
         if new_hash is not None:
             self._new_hashes[record.key_id] = new_hash
