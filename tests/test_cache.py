@@ -160,3 +160,94 @@ def test_verdict_cache_caps_grants_by_lifetime_and_skips_stale_fills() -> None:
     verdicts.refuse("late-bad", "x", generation)
     assert verdicts.positive.get("late", 101.0) is None
     assert verdicts.negative.get("late-bad", 101.0) is None
+
+
+def test_an_entry_kept_past_its_deadline_is_only_served_stale() -> None:
+    """`keep_until`: `get` misses after the deadline; `get_stale` serves until then."""
+    cache: TTLCache[str, int] = TTLCache(10)
+    cache.set("a", 1, deadline=10.0, keep_until=20.0)
+    assert cache.get("a", now=10.0) is None
+    assert len(cache) == 1  # kept for get_stale
+    assert cache.get_stale("a", now=19.9) == 1
+    assert cache.get_stale("a", now=20.0) is None
+    assert len(cache) == 0
+    assert cache.get_stale("a", now=0.0) is None
+    cache.set("b", 2, deadline=10.0, keep_until=20.0)
+    assert cache.get("b", now=20.0) is None
+    assert len(cache) == 0  # past keep_until, get drops it too
+    cache.set("c", 3, deadline=10.0, keep_until=5.0)  # never kept less than the deadline
+    assert cache.get("c", now=9.0) == 3
+
+
+def test_stale_entries_count_toward_maxsize_and_can_be_discarded() -> None:
+    cache: TTLCache[str, int] = TTLCache(2)
+    cache.set("a", 1, deadline=10.0, keep_until=100.0, tag="t")
+    cache.set("b", 2, deadline=10.0, keep_until=100.0)
+    cache.set("c", 3, deadline=10.0)
+    assert len(cache) == 2
+    assert cache.get_stale("a", now=50.0) is None  # evicted, least recently used
+    cache.discard("b")
+    cache.discard("b")
+    assert len(cache) == 1
+    assert cache.invalidate("t") == 0
+
+
+def test_verdict_cache_keeps_grants_for_stale_if_error_within_their_lifetime() -> None:
+    """Kept `stale_if_error` past the ttl, never past `lifetime`; never after a refusal."""
+    from apiguard._cache import CacheOptions, VerdictCache
+
+    now = [100.0]
+    verdicts: VerdictCache[str, str] = VerdictCache(
+        CacheOptions(ttl=30, stale_if_error=60), lambda: now[0]
+    )
+    generation = verdicts.generation
+    verdicts.allow("plain", "grant", generation)
+    verdicts.allow("expiring", "grant", generation, lifetime=45)
+    verdicts.allow("short-trust", "grant", generation, trust_for=5)
+    verdicts.allow("refused", "grant", generation)
+    verdicts.refuse("refused", "revoked", generation)
+    now[0] = 140.0
+    assert verdicts.positive.get("plain", now[0]) is None
+    assert verdicts.stale("plain") == "grant"
+    assert verdicts.stale("expiring") == "grant"
+    assert verdicts.stale("short-trust") == "grant"  # 5 + 60 s
+    assert verdicts.stale("refused") is None
+    now[0] = 145.0
+    assert verdicts.stale("expiring") is None  # the credential's own lifetime
+    now[0] = 189.9
+    assert verdicts.stale("plain") == "grant"
+    now[0] = 190.0
+    assert verdicts.stale("plain") is None
+    # An expired credential stores nothing, and drops what was kept for it.
+    verdicts.allow("plain", "grant", verdicts.generation)
+    verdicts.allow("plain", "grant", verdicts.generation, lifetime=0)
+    assert verdicts.stale("plain") is None
+
+
+def test_verdict_cache_without_stale_if_error_serves_nothing_stale() -> None:
+    from apiguard._cache import CacheOptions, VerdictCache
+
+    now = [100.0]
+    verdicts: VerdictCache[str, str] = VerdictCache(CacheOptions(ttl=30), lambda: now[0])
+    verdicts.allow("a", "grant", verdicts.generation)
+    assert verdicts.stale("a") is None  # off: not even a live entry is served this way
+    assert verdicts.positive.get("a", 129.0) == "grant"
+
+
+def test_stale_warnings_are_rate_limited_per_name_in_bounded_memory() -> None:
+    from apiguard._cache import STALE_LOG_INTERVAL, CacheOptions, VerdictCache
+
+    now = [100.0]
+    verdicts: VerdictCache[str, str] = VerdictCache(
+        CacheOptions(max_size=2, stale_if_error=60), lambda: now[0]
+    )
+    assert verdicts.should_warn_stale("a")
+    assert not verdicts.should_warn_stale("a")
+    assert verdicts.should_warn_stale("b")
+    now[0] += STALE_LOG_INTERVAL - 0.1
+    assert not verdicts.should_warn_stale("a")
+    now[0] += 0.1
+    assert verdicts.should_warn_stale("a")
+    assert verdicts.should_warn_stale("c")  # over max_size: the oldest name ("b") forgotten
+    assert verdicts.should_warn_stale("b")  # and now "a"
+    assert not verdicts.should_warn_stale("c")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,12 @@ class CountingStore(MemoryKeyStore):
         self.gets = 0
         self.down = False
         self.usage_down = False
+        self.quiet = False  # changes made as if by another process: no listener is told
         self.gate: anyio.Event | None = None
+
+    def _changed(self, key_id: str) -> None:
+        if not self.quiet:
+            super()._changed(key_id)
 
     async def get(self, key_id: str) -> KeyRecord | None:
         self.gets += 1
@@ -620,3 +626,117 @@ async def test_without_ttl_without_push_a_lost_channel_changes_nothing(
 def test_ttl_without_push_cannot_be_negative() -> None:
     with pytest.raises(ConfigurationError):
         CacheOptions(ttl_without_push=-1)
+
+
+STALE = CacheOptions(ttl=30, negative_ttl=5, stale_if_error=60)
+
+
+async def test_stale_if_error_serves_a_grant_past_its_ttl_during_an_outage(
+    counting: CountingStore,
+    hasher: KeyHasher,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Within `ttl` + `stale_if_error` an outage is answered from the cache, and logged."""
+    verifier = KeyVerifier(counting, hasher, cache=STALE, clock=clock)
+    issued = await KeyManager(counting, hasher).create("a")
+    key = issued.key.encode()
+    await verifier.verify(key)
+    counting.down = True
+    clock.now += 31
+    with caplog.at_level(logging.WARNING, logger="apiguard.keys"):
+        principal, _ = await verifier.verify(key)
+    assert principal.key_id == issued.record.key_id
+    assert counting.gets == 2  # the store was asked first
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "stale_if_error" in record.getMessage()
+    assert f"key_id={issued.record.key_id}" in record.getMessage()
+    assert issued.key not in caplog.text
+    assert issued.key.rsplit("_", 1)[-1] not in caplog.text  # nor the secret part
+    clock.now += 9.9
+    await verifier.verify(key)
+    assert len(caplog.records) == 1  # at most once per 10 s per key
+    clock.now += 0.1
+    await verifier.verify(key)
+    assert len(caplog.records) == 2
+    clock.now += 48.5
+    await verifier.verify(key)
+    clock.now += 0.5  # 30 + 60 s after the verification
+    with pytest.raises(BackendUnavailableError):
+        await verifier.verify(key)
+    counting.down = False
+    await verifier.verify(key)
+    assert counting.gets == 7
+
+
+async def test_stale_if_error_is_off_by_default(
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    key = (await KeyManager(counting, hasher).create("a")).key.encode()
+    await verifier.verify(key)
+    counting.down = True
+    clock.now += 30
+    with pytest.raises(BackendUnavailableError):
+        await verifier.verify(key)
+
+
+async def test_stale_if_error_never_serves_past_the_keys_expiry(
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    verifier = KeyVerifier(counting, hasher, cache=replace(STALE, stale_if_error=3600), clock=clock)
+    issued = await KeyManager(counting, hasher).create("a", expires_in=timedelta(seconds=120))
+    key = issued.key.encode()
+    await verifier.verify(key)
+    counting.down = True
+    clock.now += 60
+    await verifier.verify(key)
+    clock.now += 61  # past the key's expiry, well within stale_if_error
+    with pytest.raises(BackendUnavailableError):
+        await verifier.verify(key)
+
+
+@pytest.mark.parametrize("how", ["revoke", "all keys"])
+async def test_stale_if_error_never_serves_an_invalidated_key(
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock, how: str
+) -> None:
+    """A revoke in this process, or a pushed one, drops the grant: an outage is then 503."""
+    verifier = KeyVerifier(counting, hasher, cache=STALE, clock=clock)
+    manager = KeyManager(counting, hasher)
+    issued = await manager.create("a")
+    await verifier.verify(issued.key.encode())
+    if how == "revoke":
+        await manager.revoke(issued.record.key_id)
+    else:
+        verifier.invalidate(ALL_KEYS)
+    counting.down = True
+    for _ in range(2):  # also within the ttl
+        with pytest.raises(BackendUnavailableError):
+            await verifier.verify(issued.key.encode())
+        clock.now += 31
+
+
+async def test_stale_if_error_never_serves_a_refused_key(
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock
+) -> None:
+    """A key refused after its grant (revoked elsewhere) is not served stale later."""
+    verifier = KeyVerifier(counting, hasher, cache=STALE, clock=clock)
+    manager = KeyManager(counting, hasher)
+    issued, never = await manager.create("a"), await manager.create("b")
+    await verifier.verify(issued.key.encode())
+    counting.quiet = True
+    await manager.revoke(issued.record.key_id)
+    clock.now += 31
+    with pytest.raises(InvalidCredentials):
+        await verifier.verify(issued.key.encode())
+    clock.now += 5  # the refusal is no longer cached either
+    counting.down = True
+    with pytest.raises(BackendUnavailableError):
+        await verifier.verify(issued.key.encode())
+    with pytest.raises(BackendUnavailableError):
+        await verifier.verify(never.key.encode())  # never granted, nothing to serve
+
+
+def test_stale_if_error_cannot_be_negative() -> None:
+    with pytest.raises(ConfigurationError):
+        CacheOptions(stale_if_error=-1)

@@ -14,13 +14,17 @@ from apiguard.exceptions import ConfigurationError
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
+STALE_LOG_INTERVAL = 10.0  # seconds between two warnings about one credential served stale
+
 
 class TTLCache(Generic[K, V]):
     """A least-recently-used cache whose entries also expire.
 
     Entries carry a deadline on the caller's clock (`time.monotonic()` in apiguard)
     and an optional tag, so that every entry derived from one credential (one key id,
-    for example) can be dropped at once with `invalidate(tag)`.
+    for example) can be dropped at once with `invalidate(tag)`. An entry may be kept
+    past its deadline, until `keep_until`, for `get_stale`; it still counts toward
+    `maxsize` meanwhile.
     """
 
     __slots__ = ("_entries", "_maxsize", "_tags")
@@ -29,7 +33,7 @@ class TTLCache(Generic[K, V]):
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self._maxsize = maxsize
-        self._entries: OrderedDict[K, tuple[float, V, Hashable]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[float, V, Hashable, float]] = OrderedDict()
         self._tags: dict[Hashable, set[K]] = {}
 
     def __len__(self) -> int:
@@ -41,20 +45,48 @@ class TTLCache(Generic[K, V]):
         if entry is None:
             return None
         if entry[0] <= now:
-            self._remove(key)
+            if entry[3] <= now:
+                self._remove(key)
             return None
         self._entries.move_to_end(key)
         return entry[1]
 
-    def set(self, key: K, value: V, deadline: float, tag: Hashable = None) -> None:
-        """Store `value` until `deadline`, evicting the least recently used entry when full."""
+    def get_stale(self, key: K, now: float) -> V | None:
+        """Return the value for `key` if it is kept still, live or past its deadline."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[3] <= now:
+            self._remove(key)
+            return None
+        return entry[1]
+
+    def set(
+        self,
+        key: K,
+        value: V,
+        deadline: float,
+        tag: Hashable = None,
+        *,
+        keep_until: float | None = None,
+    ) -> None:
+        """Store `value` until `deadline`, evicting the least recently used entry when full.
+
+        `keep_until` (later than `deadline`) keeps it for `get_stale` until then.
+        """
         if key in self._entries:
             self._remove(key)
         elif len(self._entries) >= self._maxsize:
             self._remove(next(iter(self._entries)))
-        self._entries[key] = (deadline, value, tag)
+        keep = deadline if keep_until is None else max(deadline, keep_until)
+        self._entries[key] = (deadline, value, tag, keep)
         if tag is not None:
             self._tags.setdefault(tag, set()).add(key)
+
+    def discard(self, key: K) -> None:
+        """Drop the entry for `key`, if there is one."""
+        if key in self._entries:
+            self._remove(key)
 
     def invalidate(self, tag: Hashable) -> int:
         """Drop every entry stored with `tag`; return how many were dropped."""
@@ -69,7 +101,7 @@ class TTLCache(Generic[K, V]):
         self._tags.clear()
 
     def _remove(self, key: K) -> None:
-        _, _, tag = self._entries.pop(key)
+        tag = self._entries.pop(key)[2]
         if tag is not None:
             keys = self._tags[tag]
             keys.discard(key)
@@ -150,18 +182,26 @@ class CacheOptions:
             is down, and the cache is emptied when it is lost, so this bounds the
             revocation delay during a channel outage (plus the time to notice a
             silent one). `None`: `ttl` throughout.
+        stale_if_error: Seconds past its `ttl` that a successful verification may
+            still be served while the store (or the authorization server) is
+            unavailable, instead of a 503; each such answer is logged at WARNING.
+            Never past the credential's own expiry, never after its invalidation
+            (revoke, rotate), never for a refusal, and only for an outage
+            (`BackendUnavailableError`). Stale entries count toward `max_size`.
+            `0` (the default): fail closed, 503 as soon as `ttl` has passed.
     """
 
     max_size: int = 10_000
     ttl: float = 30.0
     negative_ttl: float = 5.0
     ttl_without_push: float | None = None
+    stale_if_error: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_size < 1:
             raise ConfigurationError("CacheOptions.max_size must be at least 1")
-        if min(self.ttl, self.negative_ttl, self.ttl_without_push or 0) < 0:
-            raise ConfigurationError("cache TTLs cannot be negative")
+        if min(self.ttl, self.negative_ttl, self.ttl_without_push or 0, self.stale_if_error) < 0:
+            raise ConfigurationError("cache TTLs and stale_if_error cannot be negative")
 
 
 class VerdictCache(Generic[K, V]):
@@ -174,7 +214,15 @@ class VerdictCache(Generic[K, V]):
     undo a revoke.
     """
 
-    __slots__ = ("_clock", "_flight", "_generation", "negative", "options", "positive")
+    __slots__ = (
+        "_clock",
+        "_flight",
+        "_generation",
+        "_stale_logged",
+        "negative",
+        "options",
+        "positive",
+    )
 
     def __init__(self, options: CacheOptions, clock: Callable[[], float]) -> None:
         self.options = options
@@ -183,6 +231,7 @@ class VerdictCache(Generic[K, V]):
         self._flight: SingleFlight[tuple[K, int], V] = SingleFlight()
         self._clock = clock
         self._generation = 0
+        self._stale_logged: OrderedDict[str, float] = OrderedDict()
 
     @property
     def generation(self) -> int:
@@ -209,13 +258,47 @@ class VerdictCache(Generic[K, V]):
         *,
         tag: Hashable = None,
         lifetime: float | None = None,
+        trust_for: float | None = None,
     ) -> None:
-        """Store a grant for `ttl` seconds, or `lifetime` if that is shorter."""
+        """Store a grant for `ttl` seconds (or `trust_for`), never past `lifetime`.
+
+        `lifetime` is what is left of the credential's own life. With
+        `stale_if_error` the grant is kept that much longer for `stale`, but never
+        past `lifetime` either.
+        """
         if generation != self._generation:
             return
-        ttl = self.options.ttl if lifetime is None else min(self.options.ttl, lifetime)
-        if ttl > 0:
-            self.positive.set(key, value, self._clock() + ttl, tag)
+        ttl = self.options.ttl if trust_for is None else min(self.options.ttl, trust_for)
+        keep = ttl + self.options.stale_if_error
+        if lifetime is not None:
+            ttl, keep = min(ttl, lifetime), min(keep, lifetime)
+        if keep > 0:
+            now = self._clock()
+            self.positive.set(key, value, now + ttl, tag, keep_until=now + keep)
+        else:
+            self.positive.discard(key)
+
+    def stale(self, key: K) -> V | None:
+        """The grant kept for `key` past its `ttl` under `stale_if_error`, if any.
+
+        For the caller to serve instead of a `BackendUnavailableError`, and no other.
+        """
+        if not self.options.stale_if_error:
+            return None
+        return self.positive.get_stale(key, self._clock())
+
+    def should_warn_stale(self, name: str) -> bool:
+        """Whether to log that `name` is served stale: once per `STALE_LOG_INTERVAL`."""
+        now = self._clock()
+        logged = self._stale_logged
+        last = logged.get(name)
+        if last is not None and now - last < STALE_LOG_INTERVAL:
+            return False
+        logged[name] = now
+        logged.move_to_end(name)
+        if len(logged) > self.options.max_size:
+            logged.popitem(last=False)
+        return True
 
     def refuse(
         self,
@@ -227,6 +310,8 @@ class VerdictCache(Generic[K, V]):
         lifetime: float | None = None,
     ) -> None:
         """Store a refusal for `negative_ttl` seconds, or `lifetime` if that is shorter."""
+        # A grant kept for stale-if-error must not outlive a refusal of the same key.
+        self.positive.discard(key)
         if generation != self._generation:
             return
         ttl = self.options.negative_ttl

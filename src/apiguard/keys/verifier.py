@@ -138,7 +138,24 @@ class KeyVerifier:
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
             raise InvalidCredentials(reason=reason)
-        return await verdicts.fill(digest, lambda generation: self._lookup(raw, digest, generation))
+        try:
+            return await verdicts.fill(
+                digest, lambda generation: self._lookup(raw, digest, generation)
+            )
+        except BackendUnavailableError as exc:
+            # CacheOptions.stale_if_error: an outage may be answered with the last grant.
+            grant = verdicts.stale(digest)
+            if grant is None:
+                raise
+            key_id = grant[0].key_id or ""
+            if verdicts.should_warn_stale(key_id):
+                logger.warning(
+                    "key store unavailable (%s): serving a verification past its ttl "
+                    "under stale_if_error (key_id=%s)",
+                    exc,
+                    key_id,
+                )
+            return grant
 
     async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
         try:
@@ -167,13 +184,14 @@ class KeyVerifier:
             self._refuse(digest, parsed.key_id, status, generation)
 
         grant = _grant(record)
-        lifetime = None
+        lifetime = trust_for = None
         if record.expires_at is not None:
             lifetime = (record.expires_at - wall_now).total_seconds()
         if self._push is not None and not self._push.connected:
-            fallback = self._fallback_ttl
-            lifetime = fallback if lifetime is None else min(lifetime, fallback)
-        self._verdicts.allow(digest, grant, generation, tag=record.key_id, lifetime=lifetime)
+            trust_for = self._fallback_ttl
+        self._verdicts.allow(
+            digest, grant, generation, tag=record.key_id, lifetime=lifetime, trust_for=trust_for
+        )
         if new_hash is not None:
             self._new_hashes[record.key_id] = new_hash
         if len(self._usage) < MAX_PENDING_WRITES or record.key_id in self._usage:

@@ -7,6 +7,7 @@ introspector once, however many requests carry it at the same moment.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -14,13 +15,15 @@ from collections.abc import Callable
 from starlette.authentication import AuthCredentials
 
 from apiguard._cache import CacheOptions, VerdictCache
-from apiguard.exceptions import ConfigurationError, InvalidToken
+from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.principal import Grant, Principal
 from apiguard.tokens.info import TokenInfo
 from apiguard.types import TokenIntrospector
 
 __all__ = ["TokenVerifier"]
+
+logger = logging.getLogger("apiguard.tokens")
 
 MAX_SCOPE_SETS = 1024
 
@@ -34,7 +37,9 @@ class TokenVerifier:
     Cache keys are SHA-256 digests of tokens (RFC 9700 §4.9.3: tokens are not stored
     in plaintext). A grant is reused for `cache.ttl` seconds and never past the
     token's `exp` + `leeway` (RFC 7662 §4), the moment the introspector too stops
-    accepting it; refusals for `cache.negative_ttl`; outages never.
+    accepting it; refusals for `cache.negative_ttl`; outages never. With
+    `cache.stale_if_error` a grant may answer an outage of the introspector that
+    much past its `ttl`, still never past `exp` + `leeway`.
 
     Args:
         introspector: Verifies tokens (`JWTIntrospector`, `RemoteIntrospector`, ...).
@@ -80,7 +85,26 @@ class TokenVerifier:
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
             raise InvalidToken(reason=reason)
-        return await verdicts.fill(digest, lambda generation: self._lookup(raw, digest, generation))
+        try:
+            return await verdicts.fill(
+                digest, lambda generation: self._lookup(raw, digest, generation)
+            )
+        except BackendUnavailableError as exc:
+            # CacheOptions.stale_if_error: an outage may be answered with the last grant.
+            grant = verdicts.stale(digest)
+            if grant is None:
+                raise
+            principal = grant[0]
+            name = principal.client_id or principal.identity
+            if verdicts.should_warn_stale(name):
+                logger.warning(
+                    "token introspection unavailable (%s): serving a verification past "
+                    "its ttl under stale_if_error (client_id=%s, sub=%s)",
+                    exc,
+                    principal.client_id,
+                    principal.subject,
+                )
+            return grant
 
     async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
         if not _B64TOKEN.fullmatch(raw):
