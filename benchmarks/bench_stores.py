@@ -18,16 +18,18 @@ import argparse
 import asyncio
 import json
 import random
+import resource
 import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 from tests.servers import PostgresCluster, PostgresServer, RedisServer
 
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore, open_store
@@ -115,7 +117,8 @@ async def fill_postgres(url: str, real: Sequence[KeyRecord], fillers: int) -> No
         await conn.close()
 
 
-def fill_sqlite(path: Path, real: Sequence[KeyRecord], fillers: int) -> None:
+def fill_sqlite(path: Path, real: Sequence[KeyRecord], fillers: int) -> int:
+    """Fill the file at `path`; returns its size in bytes."""
     conn = sqlite3.connect(path)
     try:
         with conn:
@@ -132,6 +135,7 @@ def fill_sqlite(path: Path, real: Sequence[KeyRecord], fillers: int) -> None:
                 )
     finally:
         conn.close()
+    return path.stat().st_size
 
 
 def fill_redis(server: RedisServer, real: Sequence[KeyRecord], fillers: int) -> None:
@@ -152,6 +156,19 @@ def fill_redis(server: RedisServer, real: Sequence[KeyRecord], fillers: int) -> 
                 pipe.hset(f"apiguard:key:{key_id}", mapping=fields)
             pipe.sadd("apiguard:keys", *ids)
             pipe.execute()
+
+
+async def sizes_report(
+    sqlite_bytes: int, pg_conn: Any, rds_client: aioredis.Redis
+) -> dict[str, str]:
+    """What the keys take on disk or in memory, per store."""
+    table = await pg_conn.fetchval("SELECT pg_total_relation_size('apiguard_keys')")
+    memory = await rds_client.info("memory")
+    return {
+        "SQLite": f"file {sqlite_bytes / 2**20:.0f} MiB",
+        "PostgreSQL": f"table and index {table / 2**20:.0f} MiB",
+        "Redis": f"used_memory {memory['used_memory'] / 2**20:.0f} MiB",
+    }
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -184,7 +201,7 @@ async def measure(
 
         fill_times: dict[str, float] = {}
         start = time.perf_counter()
-        fill_sqlite(sqlite_path, real, fillers)
+        sqlite_bytes = fill_sqlite(sqlite_path, real, fillers)
         fill_times["SQLite"] = time.perf_counter() - start
         start = time.perf_counter()
         await fill_postgres(pg_url, real, fillers)
@@ -204,19 +221,41 @@ async def measure(
         rng = random.Random(8)  # noqa: S311 - not a secret
         hits = [filler_id(i) for i in rng.sample(range(fillers), args.lookups)]
         misses = [filler_id(args.keys + i) for i in range(max(1, args.lookups // 20))]
-        for store in stores.values():  # warm connections and code paths, not data
-            for key_id in hits[:50]:
-                await store.get(key_id)
-        hit_times: dict[str, list[float]] = {name: [] for name in stores}
-        miss_times: dict[str, list[float]] = {name: [] for name in stores}
-        for key_ids, times, found in ((hits[50:], hit_times, True), (misses, miss_times, False)):
-            for key_id in key_ids:
-                for name, store in stores.items():
-                    start = time.perf_counter()
-                    record = await store.get(key_id)
-                    times[name].append(time.perf_counter() - start)
-                    if (record is not None) is not found:
-                        raise RuntimeError(f"{name}: unexpected answer for {key_id}")
+        # The floor: one query by primary key, one HGETALL, straight through the drivers.
+        pg_conn = await asyncpg.connect(pg_url)
+        rds_client = aioredis.Redis.from_url(rds.url())
+        sizes = await sizes_report(sqlite_bytes, pg_conn, rds_client)
+
+        async def asyncpg_fetchrow(key_id: str) -> bool:
+            row = await pg_conn.fetchrow("SELECT * FROM apiguard_keys WHERE key_id = $1", key_id)
+            return row is not None
+
+        async def redis_hgetall(key_id: str) -> bool:
+            return bool(await rds_client.hgetall(f"apiguard:key:{key_id}"))
+
+        lookups: dict[str, Callable[[str], Awaitable[object]]] = {
+            f"{name} store.get()": store.get for name, store in stores.items()
+        }
+        lookups["PostgreSQL, asyncpg fetchrow (floor)"] = asyncpg_fetchrow
+        lookups["Redis, redis-py HGETALL (floor)"] = redis_hgetall
+        try:
+            for lookup in lookups.values():  # warm connections and code paths, not data
+                for key_id in hits[:50]:
+                    await lookup(key_id)
+            hit_times: dict[str, list[float]] = {name: [] for name in lookups}
+            miss_times: dict[str, list[float]] = {name: [] for name in lookups}
+            pairs = ((hits[50:], hit_times, True), (misses, miss_times, False))
+            for key_ids, times, found in pairs:
+                for key_id in key_ids:
+                    for name, lookup in lookups.items():
+                        start = time.perf_counter()
+                        answer = await lookup(key_id)
+                        times[name].append(time.perf_counter() - start)
+                        if bool(answer) is not found:
+                            raise RuntimeError(f"{name}: unexpected answer for {key_id}")
+        finally:
+            await pg_conn.close()
+            await rds_client.aclose()
 
         verifiers = {name: KeyVerifier(store, hasher) for name, store in stores.items()}
         verify_times: dict[str, list[float]] = {name: [] for name in stores}
@@ -231,20 +270,27 @@ async def measure(
             await store.aclose()
 
     print(f"{args.keys:,} keys per store; lookups interleaved across the stores\n")
-    print("| store | fill (s) | get() hit p50 / p99 / max (ms) | get() miss p50 / max (ms) "
-          "| verify() cold p50 / p99 (ms) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
+    print("| store | fill (s) | size |")
+    print("|---|---:|---|")
     for name in stores:
+        print(f"| {name} | {fill_times[name]:.1f} | {sizes[name]} |")
+    print()
+    print("| lookup | hit p50 / p99 / max (ms) | miss p50 / max (ms) |")
+    print("|---|---:|---:|")
+    for name in lookups:
         h50, h99, hmax = percentiles(hit_times[name])
         m50, _, mmax = percentiles(miss_times[name])
-        v50, v99, _ = percentiles(verify_times[name])
-        print(
-            f"| {name} | {fill_times[name]:.1f} | {h50:.3f} / {h99:.3f} / {hmax:.3f} | "
-            f"{m50:.3f} / {mmax:.3f} | {v50:.3f} / {v99:.3f} |"
-        )
+        print(f"| {name} | {h50:.3f} / {h99:.3f} / {hmax:.3f} | {m50:.3f} / {mmax:.3f} |")
+    print()
+    print("| store | KeyVerifier.verify(), first sight: p50 / p99 / max (ms) |")
+    print("|---|---:|")
+    for name in stores:
+        v50, v99, vmax = percentiles(verify_times[name])
+        print(f"| {name} | {v50:.3f} / {v99:.3f} / {vmax:.3f} |")
     print(
-        f"\nget(): {len(hits) - 50} hits and {len(misses)} misses per store; "
-        f"verify(): {len(verify_times['Redis'])} distinct keys per store"
+        f"\n{len(hits) - 50} hits and {len(misses)} misses per lookup; verify(): "
+        f"{len(verify_times['Redis'])} distinct keys per store; benchmark process peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB"
     )
 
 
