@@ -7,7 +7,7 @@ What `uvicorn.run(..., workers=2)` does, but the socket is made with
 `socket.socket(family=AF_INET)`, protocol 0, and asyncio sets `TCP_NODELAY` only on
 accepted sockets whose protocol reads `IPPROTO_TCP`; without it, each response (headers
 and body are two writes) waits on the client's delayed ACK: about 44 ms a request on
-loopback, whatever the app.
+loopback, whatever the app (Kludex/uvicorn#3149, open at 0.54; fix proposed in #3154).
 """
 
 from __future__ import annotations
