@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
 
 from apiguard.exceptions import BackendUnavailableError
+
+T = TypeVar("T")
 
 __all__ = ["Backoff"]
 
@@ -49,6 +54,26 @@ class Backoff:
         self._epoch = 0
         self._until = float("-inf")
         self._error = ""
+
+    async def call(self, fn: Callable[[], Awaitable[T]], *, deadline: float, what: str) -> T:
+        """`await fn()` within `deadline` seconds in all, the outcome recorded here.
+
+        Refused at once while backing off; passing the deadline is a failure like
+        any other `BackendUnavailableError`.
+        """
+        started = self.start()
+        try:
+            with anyio.fail_after(deadline):
+                result = await fn()
+        except TimeoutError:
+            error = BackendUnavailableError(f"{what}: no answer within {deadline:g} s")
+            self.failed(error, started)
+            raise error from None
+        except BackendUnavailableError as exc:
+            self.failed(exc, started)
+            raise
+        self.succeeded(started)
+        return result
 
     def start(self) -> int:
         """Check (as `check()`) and return a token for the call about to be made."""

@@ -185,18 +185,10 @@ class RemoteIntrospector:
         """
         if len(token) > self._max_size:
             raise InvalidToken(reason="token too large")
-        started = self._backoff.start()  # a failing server is not asked again at once
-        try:
-            with anyio.fail_after(self._deadline):
-                answer = await self._ask(token)
-        except TimeoutError:
-            error = BackendUnavailableError(f"introspection: no answer within {self._deadline:g} s")
-            self._backoff.failed(error, started)
-            raise error from None
-        except BackendUnavailableError as exc:
-            self._backoff.failed(exc, started)
-            raise
-        self._backoff.succeeded(started)
+        # A failing server is not asked again at once; one deadline for it all.
+        answer = await self._backoff.call(
+            lambda: self._ask(token), deadline=self._deadline, what="introspection"
+        )
         return self._check(answer)
 
     async def _ask(self, token: str) -> Mapping[str, Any]:

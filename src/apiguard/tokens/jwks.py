@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import anyio
 import httpx
 import jwt
 
@@ -224,18 +223,8 @@ class _KeySet:
                 )
 
     async def _fetch(self) -> None:
-        started = self._backoff.start()  # a failing server is not asked again at once
-        try:
-            with anyio.fail_after(self._deadline):
-                await self._fetch_now()
-        except TimeoutError:
-            error = BackendUnavailableError(f"JWKS: no answer within {self._deadline:g} s")
-            self._backoff.failed(error, started)
-            raise error from None
-        except BackendUnavailableError as exc:
-            self._backoff.failed(exc, started)
-            raise
-        self._backoff.succeeded(started)
+        # A failing server is not asked again at once; one deadline for it all.
+        await self._backoff.call(self._fetch_now, deadline=self._deadline, what="JWKS")
 
     async def _fetch_now(self) -> None:
         self.fetches += 1
