@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from apiguard.exceptions import ConfigurationError
+from apiguard.exceptions import BackendUnavailableError, ConfigurationError
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -286,6 +287,37 @@ class VerdictCache(Generic[K, V]):
         if not self.options.stale_if_error:
             return None
         return self.positive.get_stale(key, self._clock())
+
+    async def fill_or_stale(
+        self,
+        key: K,
+        fn: Callable[[int], Awaitable[V]],
+        *,
+        backend: str,
+        describe: Callable[[V], str],
+        log: logging.Logger,
+    ) -> V:
+        """`fill`, but an outage is answered with the grant kept under `stale_if_error`.
+
+        Each credential so served is logged at WARNING, at most once per
+        `STALE_LOG_INTERVAL`, as `describe(grant)` (an id, never a secret).
+        """
+        try:
+            return await self.fill(key, fn)
+        except BackendUnavailableError as exc:
+            value = self.stale(key)
+            if value is None:
+                raise
+            name = describe(value)
+            if self.should_warn_stale(name):
+                log.warning(
+                    "%s unavailable (%s): serving a verification past its ttl "
+                    "under stale_if_error (%s)",
+                    backend,
+                    exc,
+                    name,
+                )
+            return value
 
     def should_warn_stale(self, name: str) -> bool:
         """Whether to log that `name` is served stale: once per `STALE_LOG_INTERVAL`."""

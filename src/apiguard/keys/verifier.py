@@ -138,24 +138,13 @@ class KeyVerifier:
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
             raise InvalidCredentials(reason=reason)
-        try:
-            return await verdicts.fill(
-                digest, lambda generation: self._lookup(raw, digest, generation)
-            )
-        except BackendUnavailableError as exc:
-            # CacheOptions.stale_if_error: an outage may be answered with the last grant.
-            grant = verdicts.stale(digest)
-            if grant is None:
-                raise
-            key_id = grant[0].key_id or ""
-            if verdicts.should_warn_stale(key_id):
-                logger.warning(
-                    "key store unavailable (%s): serving a verification past its ttl "
-                    "under stale_if_error (key_id=%s)",
-                    exc,
-                    key_id,
-                )
-            return grant
+        return await verdicts.fill_or_stale(
+            digest,
+            lambda generation: self._lookup(raw, digest, generation),
+            backend="key store",
+            describe=_describe,
+            log=logger,
+        )
 
     async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
         try:
@@ -273,6 +262,10 @@ class KeyVerifier:
         error = InvalidCredentials(reason=reason)
         error.credential_id = key_id
         raise error
+
+
+def _describe(grant: Grant) -> str:
+    return f"key_id={grant[0].key_id or ''}"
 
 
 def _grant(record: KeyRecord) -> Grant:

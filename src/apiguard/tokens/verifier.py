@@ -15,7 +15,7 @@ from collections.abc import Callable
 from starlette.authentication import AuthCredentials
 
 from apiguard._cache import CacheOptions, VerdictCache
-from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
+from apiguard.exceptions import ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.principal import Grant, Principal
 from apiguard.tokens.info import TokenInfo
@@ -85,26 +85,13 @@ class TokenVerifier:
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
             raise InvalidToken(reason=reason)
-        try:
-            return await verdicts.fill(
-                digest, lambda generation: self._lookup(raw, digest, generation)
-            )
-        except BackendUnavailableError as exc:
-            # CacheOptions.stale_if_error: an outage may be answered with the last grant.
-            grant = verdicts.stale(digest)
-            if grant is None:
-                raise
-            principal = grant[0]
-            name = principal.client_id or principal.identity
-            if verdicts.should_warn_stale(name):
-                logger.warning(
-                    "token introspection unavailable (%s): serving a verification past "
-                    "its ttl under stale_if_error (client_id=%s, sub=%s)",
-                    exc,
-                    principal.client_id,
-                    principal.subject,
-                )
-            return grant
+        return await verdicts.fill_or_stale(
+            digest,
+            lambda generation: self._lookup(raw, digest, generation),
+            backend="token introspection",
+            describe=_describe,
+            log=logger,
+        )
 
     async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
         if not _B64TOKEN.fullmatch(raw):
@@ -146,3 +133,8 @@ class TokenVerifier:
             claims=info.claims,
         )
         return principal, credentials
+
+
+def _describe(grant: Grant) -> str:
+    principal = grant[0]
+    return f"client_id={principal.client_id}, sub={principal.subject}"
