@@ -17,17 +17,15 @@ from starlette.routing import Route
 from apiguard import (
     APIKeyAuth,
     AuthMiddleware,
-    BackendUnavailableError,
     BearerAuth,
     BearerTokenMiddleware,
     CacheOptions,
-    InvalidToken,
 )
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.tokens import JWTIntrospector, TokenInfo
 
 from .conftest import MakeClient
-from .token_support import AUDIENCE, ISSUER, FakeIssuer, mint
+from .token_support import AUDIENCE, ISSUER, FakeIssuer, TableIntrospector, mint
 
 pytestmark = pytest.mark.anyio
 
@@ -54,27 +52,11 @@ def make_app() -> Starlette:
     return Starlette(routes=[Route("/", whoami)])
 
 
-class CountingIntrospector:
+class CountingIntrospector(TableIntrospector):
     """Answers from a table after a short pause, counting calls."""
 
-    leeway = 0.0  # exp is checked exactly
-
     def __init__(self) -> None:
-        self.calls = 0
-        self.down = False
-        self.answers: dict[str, TokenInfo] = {}
-
-    async def introspect(self, token: str) -> TokenInfo:
-        self.calls += 1
-        await anyio.sleep(0.01)
-        if self.down:
-            raise BackendUnavailableError("authorization server down")
-        if token not in self.answers:
-            raise InvalidToken(reason="unknown")
-        return self.answers[token]
-
-    async def aclose(self) -> None:
-        pass
+        super().__init__(pause=0.01)
 
 
 def active(**fields: Any) -> TokenInfo:

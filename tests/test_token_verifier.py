@@ -11,33 +11,12 @@ from apiguard import BackendUnavailableError, CacheOptions, InvalidToken
 from apiguard.tokens import TokenInfo, TokenVerifier
 
 from .conftest import FakeClock
+from .token_support import TableIntrospector
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = b"good-token-4c2b1f"
 STALE = CacheOptions(ttl=30, negative_ttl=5, stale_if_error=60)
-
-
-class TableIntrospector:
-    """Answers from a table, counting calls; `down` makes it an outage."""
-
-    leeway = 0.0
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.down = False
-        self.answers: dict[str, TokenInfo] = {}
-
-    async def introspect(self, token: str) -> TokenInfo:
-        self.calls += 1
-        if self.down:
-            raise BackendUnavailableError("authorization server down")
-        if token not in self.answers:
-            raise InvalidToken(reason="unknown")
-        return self.answers[token]
-
-    async def aclose(self) -> None:
-        pass
 
 
 def active(expires_in: timedelta = timedelta(hours=1)) -> TokenInfo:

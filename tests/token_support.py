@@ -7,10 +7,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from apiguard import BackendUnavailableError, InvalidToken
+from apiguard.tokens import TokenInfo
 
 ISSUER = "https://idp.example"
 AUDIENCE = "https://api.example"
@@ -104,3 +108,29 @@ def mint(
     if typ is None:
         header["typ"] = None  # PyJWT adds "JWT" unless told not to
     return jwt.encode(claims(**claim_overrides), key, algorithm=alg, headers=header)
+
+
+class TableIntrospector:
+    """Answers from a table, counting calls, after `pause` seconds; `down` makes it an
+    outage. It checks `exp` exactly (no leeway)."""
+
+    leeway = 0.0
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.pause = pause
+        self.calls = 0
+        self.down = False
+        self.answers: dict[str, TokenInfo] = {}
+
+    async def introspect(self, token: str) -> TokenInfo:
+        self.calls += 1
+        if self.pause:
+            await anyio.sleep(self.pause)
+        if self.down:
+            raise BackendUnavailableError("authorization server down")
+        if token not in self.answers:
+            raise InvalidToken(reason="unknown")
+        return self.answers[token]
+
+    async def aclose(self) -> None:
+        pass
