@@ -90,3 +90,9 @@ def test_every_exported_name_exists_and_says_where_it_lives() -> None:
 
 def test_version_is_a_string() -> None:
     assert apiguard.__version__.count(".") == 2
+
+
+def test_diagnostics_api_is_pinned() -> None:
+    import apiguard.diagnostics
+
+    assert apiguard.diagnostics.__all__ == ["Check", "Report", "explain_key", "explain_token"]
