@@ -121,6 +121,7 @@ def test_scripts_are_valid_bash() -> None:
         "scripts/test",
         "scripts/test-wheel",
         "scripts/install-interop",
+        "scripts/install-browser",
         "scripts/demo",
         "scripts/demo-bearer",
         ".ci/run",

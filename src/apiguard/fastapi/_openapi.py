@@ -12,11 +12,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from apiguard._challenge import UNAVAILABLE_DESCRIPTION, UNAVAILABLE_ERROR
+from apiguard.exceptions import InsufficientScope, InvalidCredentials, InvalidToken
 from apiguard.fastapi._dependencies import SCOPES_ATTRIBUTE, current_principal
 from apiguard.policies import ScopeRule
 
@@ -145,7 +148,27 @@ def _schemes(description: Description, scopes: Sequence[str]) -> dict[str, Any]:
     return schemes
 
 
-def _refusal(description: Description, text: str, *, retry_after: bool = False) -> dict[str, Any]:
+def _example(description: Description, status: int, error: str, text: str) -> dict[str, Any]:
+    if description.problem_details:
+        title = HTTPStatus(status).phrase
+        return {
+            "type": "about:blank",
+            "title": title,
+            "status": status,
+            "detail": text,
+            "error": error,
+        }
+    return {"error": error, "error_description": text}
+
+
+def _invalid(description: Description) -> tuple[str, str]:
+    error = InvalidCredentials if description.api_keys else InvalidToken
+    return str(error.error), error.description
+
+
+def _refusal(
+    description: Description, text: str, example: dict[str, Any], *, retry_after: bool = False
+) -> dict[str, Any]:
     headers: dict[str, Any] = {
         "Cache-Control": {"description": "`no-store`.", "schema": {"type": "string"}},
     }
@@ -167,7 +190,9 @@ def _refusal(description: Description, text: str, *, retry_after: bool = False) 
             if description.problem_details
             else ("application/json", ERROR_SCHEMA)
         )
-        response["content"] = {media: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+        response["content"] = {
+            media: {"schema": {"$ref": f"#/components/schemas/{schema}"}, "example": example}
+        }
     return response
 
 
@@ -264,18 +289,27 @@ def complete(
         if not anonymous:
             responses.setdefault(
                 "401",
-                _refusal(description, "No credential was sent, or it is not valid."),
+                _refusal(
+                    description,
+                    "No credential was sent, or it is not valid.",
+                    _example(description, 401, *_invalid(description)),
+                ),
             )
         if any(alternatives):  # some scope is required
             responses.setdefault(
                 "403",
-                _refusal(description, "The credential lacks a scope this operation requires."),
+                _refusal(
+                    description,
+                    "The credential lacks a scope this operation requires.",
+                    _example(description, 403, "insufficient_scope", InsufficientScope.description),
+                ),
             )
         responses.setdefault(
             "503",
             _refusal(
                 description,
                 "The key store or the authorization server cannot be reached.",
+                _example(description, 503, UNAVAILABLE_ERROR, UNAVAILABLE_DESCRIPTION),
                 retry_after=True,
             ),
         )
