@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from apiguard._challenge import UNAVAILABLE_DESCRIPTION, UNAVAILABLE_ERROR
 from apiguard.exceptions import InsufficientScope, InvalidCredentials, InvalidToken
@@ -68,6 +69,22 @@ class Description:
         return (*names, self.bearer_scheme) if self.bearer_scheme else names
 
 
+def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[Any]:
+    """The routes FastAPI documents, with included routers' prefixes and dependencies."""
+    try:  # FastAPI 0.16x includes routers lazily, as route contexts
+        from fastapi.openapi.utils import (  # type: ignore[attr-defined,unused-ignore]
+            _get_api_route_for_openapi,
+        )
+        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # pragma: no cover - earlier FastAPI: routes are copied in
+        yield from (route for route in routes if isinstance(route, APIRoute))
+        return
+    for context in iter_route_contexts(routes):
+        route = _get_api_route_for_openapi(context)
+        if route is not None:
+            yield route
+
+
 def _dependants(dependant: Dependant) -> Iterator[Dependant]:
     for sub in dependant.dependencies:
         yield sub
@@ -83,7 +100,7 @@ def _security_scopes(dependant: Dependant) -> frozenset[str]:
 
 
 def _route_requirements(
-    route: APIRoute, is_guard: Callable[[object], bool]
+    route: Any, is_guard: Callable[[object], bool]
 ) -> tuple[bool, list[Requirement]]:
     """Whether the route depends on the guard itself, and the scopes its dependencies demand."""
     guarded = False
@@ -234,7 +251,7 @@ def _body_schemas(description: Description) -> dict[str, Any]:
 
 def complete(
     document: dict[str, Any],
-    routes: Sequence[object],
+    routes: Sequence[BaseRoute],
     description: Description,
     is_guard: Callable[[object], bool],
 ) -> dict[str, Any]:
@@ -242,8 +259,8 @@ def complete(
     paths: dict[str, Any] = document.get("paths", {})
     operations: list[tuple[dict[str, Any], list[frozenset[str]]]] = []
     every_scope: dict[str, None] = dict.fromkeys(sorted(description.scope_descriptions))
-    for route in routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
+    for route in _api_routes(routes):
+        if not route.include_in_schema:
             continue
         guarded, requirements = _route_requirements(route, is_guard)
         for method in sorted(route.methods or ()):
