@@ -126,6 +126,31 @@ def page(browser: Browser, api: Served) -> Iterator[Page]:
     context.close()
 
 
+def test_the_token_url_comes_from_discovery(authorization_server: AuthorizationServer) -> None:
+    """`issuer=`: the token endpoint named by the issuer's metadata (RFC 8414 §2), at startup."""
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    app = FastAPI()
+    guard = install(
+        app,
+        APIKeyAuth(MemoryKeyStore(), hasher=KeyHasher(PEPPER)),
+        BearerAuth(JWTIntrospector.from_issuer(authorization_server.issuer, audience=API)),
+        issuer=authorization_server.issuer,
+    )
+
+    @app.get("/items")
+    async def items() -> list[str]:
+        return []
+
+    assert guard.token_url is None  # not before the app starts
+    with TestClient(app) as client:
+        document = client.get("/openapi.json").json()
+    flows = document["components"]["securitySchemes"]["OAuth2"]["flows"]
+    assert flows["clientCredentials"]["tokenUrl"] == f"{authorization_server.issuer}/token"
+    assert guard.token_url == f"{authorization_server.issuer}/token"
+
+
 def execute(page: Page) -> str:
     """Try it out, Execute: the status Swagger UI shows for the call."""
     operation = page.locator(LIST_ITEMS)
