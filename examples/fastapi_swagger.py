@@ -40,8 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = KeyManager(store, KeyHasher(pepper))
         issued = await manager.create("swagger", scopes=["items:read", "items:write"])
         print(
-            "Open http://127.0.0.1:8000/docs, press Authorize and paste this key:\n"
-            f"  {issued.key}",
+            f"Open http://127.0.0.1:8000/docs, press Authorize and paste this key:\n  {issued.key}",
             flush=True,
         )
     yield
