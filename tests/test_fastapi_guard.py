@@ -147,6 +147,11 @@ async def test_only_routes_depending_on_the_guard_need_credentials(
         assert allowed.json() == {"caller": reader.record.key_id, "scopes": ["items:read"]}
         token = await client.get("/items", headers={"Authorization": "Bearer reader"})
         assert token.json() == {"caller": "svc", "scopes": ["items:read"]}
+        setup.tokens.answers["writer"] = TokenInfo(
+            True, client_id="w", scopes=frozenset({"items:write"}), expires_at=EXPIRES
+        )
+        added = await client.post("/items", headers={"Authorization": "Bearer writer"})
+        assert added.json() == {"by": "w"}
 
 
 async def test_a_router_wide_dependency_and_policies(setup: Setup, make_client: MakeClient) -> None:
@@ -167,6 +172,10 @@ async def test_a_router_wide_dependency_and_policies(setup: Setup, make_client: 
         refused = await client.get("/admin/stats", headers={"X-API-Key": reader.key})
         assert refused.status_code == 403
         assert refused.json()["error"] == "insufficient_scope"
+        admin = await KeyManager(setup.store, setup.hasher).create("admin", scopes=["admin"])
+        assert (await client.get("/admin/stats", headers={"X-API-Key": admin.key})).json() == {
+            "keys": 1
+        }
     doc = app.openapi()
     validate(doc)
     assert doc["paths"]["/admin/stats"]["get"]["security"] == [

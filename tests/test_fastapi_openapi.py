@@ -330,3 +330,31 @@ async def test_security_scopes_are_enforced_behind_the_middleware(
         refused = await client.delete("/admin/items/1", headers={"X-API-Key": admin.key})
         assert refused.status_code == 403
         assert 'scope="items:write"' in refused.headers["www-authenticate"]
+        both = await manager.create("both", scopes=["admin", "items:write"])
+        deleted = await client.delete("/admin/items/1", headers={"X-API-Key": both.key})
+        assert deleted.json() == {"deleted": 1}
+        assert (await client.post("/items", headers={"X-API-Key": admin.key})).json() == {}
+        me = await client.get("/me", headers={"Authorization": "Bearer t"})
+        assert me.json() == {"caller": "c"}
+        assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+def test_an_excluded_path_with_a_route_check_documents_only_that(hasher: KeyHasher) -> None:
+    """The middleware runs no ScopeRule on an excluded path; `require_scopes` still refuses."""
+    app = FastAPI()
+    rules = ScopeRules([ScopeRule("/public/*", "admin")])
+    install(
+        app,
+        APIKeyAuth(MemoryKeyStore(), hasher=hasher),
+        exclude_paths=["/public/*"],
+        policies=[rules],
+    )
+
+    @app.get("/public/report", dependencies=[require_scopes("reports")])
+    async def report() -> dict[str, str]:
+        return {}
+
+    operation = document(app)["paths"]["/public/report"]["get"]
+    assert operation["security"] == [{"APIKey": ["reports"]}]
+    with TestClient(app) as client:
+        assert client.get("/public/report").status_code == 401  # anonymous: 401

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -175,7 +175,7 @@ class Guard:
     def _is_self(self, call: object) -> bool:
         return call is self
 
-    def _describe(self, exclude: Sequence[str]) -> Any:
+    def _describe(self, exclude: Sequence[str]) -> Callable[[], Description]:
         api_keys: list[tuple[str, str, str]] = []
         bearer: str | None = None
         for each in self._authenticators:
@@ -215,7 +215,7 @@ class Guard:
 
         return description
 
-    def _discover_token_url(self, app: FastAPI) -> Any:
+    def _discover_token_url(self, app: FastAPI) -> Callable[[], Awaitable[None]]:
         issuer = self._issuer
         assert issuer is not None  # noqa: S101 - only called with an issuer
 
@@ -317,7 +317,7 @@ def _docs_paths(app: FastAPI) -> list[str]:
     return [p for p in paths if p]
 
 
-def _on_startup(app: FastAPI, task: Any) -> None:
+def _on_startup(app: FastAPI, task: Callable[[], Awaitable[None]]) -> None:
     inner = app.router.lifespan_context
 
     @asynccontextmanager

@@ -268,18 +268,13 @@ def complete(
             if operation is None:
                 continue
             needs = list(requirements)
-            if description.everywhere:
-                if description.excluded(route.path_format, method) and not needs:
-                    continue  # served without credentials
-                rule = description.rule_for(route.path_format, method)
-                if rule is not None:
-                    needs.append(rule)
-            elif not guarded:
-                continue
-            else:
-                rule = description.rule_for(route.path_format, method)
-                if rule is not None:
-                    needs.append(rule)
+            # The middleware runs no policy on excluded paths; route-level checks still run.
+            excluded = description.everywhere and description.excluded(route.path_format, method)
+            if (excluded and not needs) or not (description.everywhere or guarded):
+                continue  # served without credentials
+            rule = None if excluded else description.rule_for(route.path_format, method)
+            if rule is not None:
+                needs.append(rule)
             alternatives = _combine(needs)
             for scopes in alternatives:
                 every_scope.update(dict.fromkeys(sorted(scopes)))
