@@ -275,6 +275,21 @@ def test_optional_mode_documents_anonymous_access(hasher: KeyHasher) -> None:
     assert {} not in paths["/items"]["get"]["security"]  # a scope is required
 
 
+def test_routes_added_after_the_first_document_are_documented(hasher: KeyHasher) -> None:
+    app = build(hasher)[0]
+    first = app.openapi()
+    assert app.openapi() is first  # made once while the routes stay the same
+
+    @app.get("/later", dependencies=[require_scopes("later")])
+    async def later() -> dict[str, str]:
+        return {}
+
+    assert app.openapi()["paths"]["/later"]["get"]["security"] == [
+        {"APIKey": ["later"]},
+        {"OAuth2": ["later"]},
+    ]
+
+
 def test_scope_descriptions(hasher: KeyHasher) -> None:
     doc = document(build(hasher, scope_descriptions={"items:read": "Read the inventory"})[0])
     flow = doc["components"]["securitySchemes"]["OAuth2"]["flows"]["clientCredentials"]

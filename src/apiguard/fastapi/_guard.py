@@ -162,11 +162,16 @@ class Guard:
             app.add_middleware(AuthMiddleware, authenticators=self._authenticators, **options)
         description = self._describe(exclude if middleware else ())
 
+        completed: list[dict[str, Any]] = []  # the last document completed
+
         def openapi() -> dict[str, Any]:
-            if app.openapi_schema is None:
-                document = FastAPI.openapi(app)
+            # FastAPI makes the document again when routes change (and after
+            # discovery resets it); each new one is completed once.
+            document = FastAPI.openapi(app)
+            if not completed or completed[0] is not document:
                 complete(document, app.routes, description(), self._is_self)
-            return app.openapi_schema or {}
+                completed[:] = [document]
+            return document
 
         app.openapi = openapi  # type: ignore[method-assign]
         if self._issuer is not None:
