@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import logging
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -238,6 +241,41 @@ def test_an_unreachable_issuer_leaves_http_bearer(
         doc = document(app)
     assert doc["components"]["securitySchemes"]["OAuth2"]["type"] == "http"
     assert f"no token endpoint from {issuer}" in caplog.text
+
+
+class MetadataHandler(http.server.BaseHTTPRequestHandler):
+    """Authorization server metadata (RFC 8414) that names no token endpoint."""
+
+    def do_GET(self) -> None:
+        host, port = self.headers["host"].rsplit(":", 1)
+        issuer = f"http://{host}:{port}"
+        body = json.dumps({"issuer": issuer, "jwks_uri": f"{issuer}/jwks"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_metadata_without_a_token_endpoint_leaves_http_bearer(
+    hasher: KeyHasher, caplog: pytest.LogCaptureFixture
+) -> None:
+    with http.server.HTTPServer(("127.0.0.1", 0), MetadataHandler) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            issuer = f"http://127.0.0.1:{server.server_address[1]}"
+            app = build(hasher, token_url=None, issuer=issuer)[0]
+            with caplog.at_level(logging.WARNING, logger="apiguard.fastapi"):
+                doc = document(app)
+        finally:
+            server.shutdown()
+            thread.join()
+    assert doc["components"]["securitySchemes"]["OAuth2"]["type"] == "http"
+    assert "names no token_endpoint" in caplog.text
 
 
 def test_several_key_headers_and_a_query_parameter(hasher: KeyHasher) -> None:
