@@ -3,6 +3,7 @@ from __future__ import annotations
 import inspect
 
 import apiguard
+import apiguard.fastapi
 import apiguard.keys
 import apiguard.tokens
 
@@ -76,10 +77,17 @@ def test_public_api_is_pinned() -> None:
         "metadata_urls",
         "scopes_from_claims",
     ]
+    assert apiguard.fastapi.__all__ == [
+        "Guard",
+        "GuardRefusal",
+        "current_principal",
+        "install",
+        "require_scopes",
+    ]
 
 
 def test_every_exported_name_exists_and_says_where_it_lives() -> None:
-    for module in (apiguard, apiguard.keys, apiguard.tokens):
+    for module in (apiguard, apiguard.fastapi, apiguard.keys, apiguard.tokens):
         for name in module.__all__:
             member = getattr(module, name)
             is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases

@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION = "apiguard-asgi"
 # Modules that exist to use an optional package, named by the extra that installs it.
 OPTIONAL: dict[str, str] = {
-    "fastapi.py": "fastapi",
+    "fastapi/__init__.py": "fastapi",
+    "fastapi/_dependencies.py": "fastapi",
+    "fastapi/_guard.py": "fastapi",
+    "fastapi/_openapi.py": "fastapi",
     "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
 }

@@ -40,6 +40,10 @@ class APIKeyAuth:
         deadline: Seconds one key lookup may take in all (store read and hash
             check); past it the request gets 503 with `Retry-After`.
 
+    Attributes:
+        header_names: The headers the key is read from, as configured.
+        query_param: The query parameter the key may come in, or `None`.
+
     Writes that only keep books (a key's last use, a hash migrated to the default
     scheme) are made after the response is sent, never while a request waits
     (`bookkeeping.flush()`, called by the middleware).
@@ -48,7 +52,16 @@ class APIKeyAuth:
     scheme = "ApiKey"
     challenge_params: tuple[tuple[str, str], ...] = ()
 
-    __slots__ = ("_headers", "_query_param", "authenticate", "bookkeeping", "extract", "verifier")
+    __slots__ = (
+        "_headers",
+        "_query_param",
+        "authenticate",
+        "bookkeeping",
+        "extract",
+        "header_names",
+        "query_param",
+        "verifier",
+    )
 
     def __init__(
         self,
@@ -78,6 +91,9 @@ class APIKeyAuth:
         self.bookkeeping = self.verifier
         self._headers = headers
         self._query_param = query_param
+        # As configured, for documents that describe the API (OpenAPI's apiKey scheme).
+        self.header_names: tuple[str, ...] = tuple(dict.fromkeys(n.strip() for n in header_names))
+        self.query_param = query_param
         # Bound once: the hot path makes one call to find the key and one to check it.
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
         self.extract: Callable[[Scope], bytes | None] = (

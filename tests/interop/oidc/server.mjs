@@ -31,6 +31,16 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
     },
     {
+      // Swagger UI in a browser: the client credentials flow, from the API's own
+      // origin on loopback (CORS, below).
+      client_id: 'swagger-ui',
+      client_secret: 'swagger-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
       // The API's own credentials for introspection, with characters that
       // RFC 6749 §2.3.1 requires to be form-encoded.
       client_id: 'api:server',
@@ -59,6 +69,11 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_post',
     },
   ],
+  // Browsers may call the token endpoint cross-origin for the Swagger UI client only,
+  // and only from a loopback origin (where the tests serve the API).
+  clientBasedCORS: (ctx, origin, client) => (
+    client.clientId === 'swagger-ui' && /^http:\/\/127\.0\.0\.1:\d+$/.test(origin)
+  ),
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
