@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -17,6 +19,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+import apiguard.tokens
 from apiguard import (
     BackendUnavailableError,
     BearerTokenMiddleware,
@@ -432,3 +435,107 @@ async def test_options_are_checked_and_the_password_never_shown(redis_server: Re
     async with RedisTokenCache.from_url(url, key_prefix="t:") as cache:
         assert redis_server.password not in repr(cache)
         assert f"127.0.0.1:{redis_server.port}" in repr(cache)
+
+
+GOOD: dict[str, Any] = {
+    "sub": "user-7",
+    "cid": "svc",
+    "scp": ["items:read"],
+    "aud": ["https://api.example"],
+    "iss": None,
+    "exp": None,
+    "iat": None,
+    "typ": None,
+    "cnf": None,
+    "claims": {},
+}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param([1, 2], id="not an object"),
+        pytest.param({"a": False, "r": "inactive"}, id="no validity"),
+        pytest.param({"u": "soon", "a": False, "r": "inactive"}, id="validity not a number"),
+        pytest.param({"a": "yes", "r": "inactive"}, id="neither grant nor refusal"),
+        pytest.param({"a": False, "r": 7}, id="reason not a string"),
+        pytest.param({"a": True, "i": [1]}, id="token not an object"),
+        pytest.param({"a": True, "i": {**GOOD, "sub": 7}}, id="subject not a string"),
+        pytest.param({"a": True, "i": {**GOOD, "exp": "2030"}}, id="exp not a number"),
+        pytest.param({"a": True, "i": {**GOOD, "exp": True}}, id="exp a boolean"),
+        pytest.param({"a": True, "i": {**GOOD, "exp": 1e300}}, id="exp out of range"),
+        pytest.param({"a": True, "i": {**GOOD, "scp": "items:read"}}, id="scopes not a list"),
+        pytest.param({"a": True, "i": {**GOOD, "cnf": "x"}}, id="cnf not an object"),
+        pytest.param({"a": True, "i": {**GOOD, "claims": None}}, id="claims not an object"),
+        pytest.param({"a": True, "i": {**GOOD, "pad": "x" * 70_000}}, id="too large"),
+    ],
+)
+async def test_an_entry_that_is_not_a_verdict_is_a_miss(
+    entry: Any,
+    table: TableIntrospector,
+    workers: Callable[..., RedisTokenCache],
+    raw: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if isinstance(entry, dict) and entry != {"a": False, "r": "inactive"} and "u" not in entry:
+        entry = {"u": int(time.time() * 1000) + 60_000, **entry}
+    await raw.set(redis_key(TOKEN), json.dumps(entry))
+    principal, _ = await verifier(table, workers()).verify(TOKEN.encode())
+    assert principal.identity == "user-7"
+    assert table.calls == 1
+    assert "ignored an entry that is not a verdict" in caplog.text
+
+
+async def test_an_introspectors_short_memory_of_a_refusal_is_kept_in_redis(
+    workers: Callable[..., RedisTokenCache], raw: aioredis.Redis
+) -> None:
+    class Forgetful(TableIntrospector):
+        async def introspect(self, token: str) -> TokenInfo:
+            self.calls += 1
+            refusal = InvalidToken(reason="unknown kid")
+            refusal.remember_for = 0.5  # a key set refetch may soon know it
+            raise refusal
+
+    table = Forgetful()
+    with pytest.raises(InvalidToken):
+        await verifier(table, workers(negative_ttl=60)).verify(TOKEN.encode())
+    assert 0 < await raw.pttl(redis_key(TOKEN)) <= 500
+
+
+async def test_a_client_of_your_own_is_used_and_not_closed(
+    table: TableIntrospector, redis_url: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async with RedisTokenCache(client) as cache:
+        table.answers["no-exp"] = TokenInfo(active=True, subject="user-9")
+        await verifier(table, cache).verify(b"no-exp")
+        principal, _ = await verifier(table, cache).verify(b"no-exp")  # read back as str
+    assert principal.identity == "user-9"
+    assert table.calls == 1
+    assert 0 < await client.pttl(redis_key("no-exp")) <= 30_000  # ttl: no exp to bound it
+    assert await client.ping()  # still open
+    await client.aclose()
+
+
+def test_redis_py_is_imported_only_when_the_cache_is_named() -> None:
+    code = (
+        "import sys, apiguard, apiguard.tokens;"
+        "assert 'redis' not in sys.modules;"
+        "apiguard.tokens.RedisTokenCache;"
+        "assert 'redis' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603
+
+
+def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    monkeypatch.delitem(sys.modules, "apiguard.tokens.shared_cache", raising=False)
+    with pytest.raises(ConfigurationError, match=r"pip install 'apiguard-asgi\[redis\]'"):
+        BearerTokenMiddleware(
+            lambda scope, receive, send: None,  # type: ignore[arg-type,return-value]
+            introspector=TableIntrospector(),
+            token_cache="redis://127.0.0.1:6379/0",
+        )
+    with pytest.raises(AttributeError):
+        apiguard.tokens.NoSuchThing  # noqa: B018

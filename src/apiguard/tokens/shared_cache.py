@@ -315,7 +315,7 @@ class RedisTokenCache:
             reason = entry["r"]
             if entry["a"] is not False or not isinstance(reason, str):
                 raise TypeError("not a verdict")
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, OSError) as exc:
             self._bad_entry(type(exc).__name__)
             return None
         refusal = InvalidToken(reason=reason)
