@@ -4,14 +4,17 @@ worker process, with its own local cache and its own Redis client."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -539,3 +542,17 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
         )
     with pytest.raises(AttributeError):
         apiguard.tokens.NoSuchThing  # noqa: B018
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "token-cache.md"
+
+
+def test_every_option_is_documented_and_the_example_compiles() -> None:
+    text = DOCS.read_text()
+    names = set(inspect.signature(RedisTokenCache.__init__).parameters) - {"self", "_owns_client"}
+    documented = set(re.findall(r"^\| `(\w+)` \|", text, re.MULTILINE))
+    assert names <= documented, sorted(names - documented)
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        compile(block, "token-cache.md", "exec")
