@@ -31,6 +31,7 @@ server, never passed, and never refused with a 503 because of the cache alone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -364,7 +365,7 @@ class RedisTokenCache:
         try:
             with anyio.fail_after(self._timeout):
                 result = await fn()
-        except (redis_exceptions.RedisError, OSError, TimeoutError) as exc:
+        except (redis_exceptions.RedisError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
             now = time.monotonic()
             self._retry_at = now + self._retry_interval
             if self._down_since is None:
