@@ -68,6 +68,7 @@ def test_public_api_is_pinned() -> None:
         "ClientAuthMethod",
         "CompositeIntrospector",
         "JWTIntrospector",
+        "RedisTokenCache",
         "RemoteIntrospector",
         "TokenInfo",
         "TokenIntrospector",

@@ -25,6 +25,7 @@ OPTIONAL: dict[str, str] = {
     "fastapi/_openapi.py": "fastapi",
     "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
+    "tokens/shared_cache.py": "redis",
 }
 # The contract suite and test helpers run inside the user's own pytest.
 UNDECLARED = {"testing.py"}

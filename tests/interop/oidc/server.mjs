@@ -1,8 +1,8 @@
 // A real OAuth 2.0 authorization server for apiguard's interop tests, on loopback.
 // client_credentials with resource indicators (RFC 8707): JWT access tokens
 // (RFC 9068; RS256 or ES256) and opaque ones; introspection (RFC 7662) and
-// revocation (RFC 7009). Signing keys come from $JWKS_PATH so that tests can
-// rotate them by restarting the server.
+// revocation (RFC 7009), with a count of introspection calls. Signing keys come
+// from $JWKS_PATH so that tests can rotate them by restarting the server.
 import { readFileSync } from 'node:fs';
 import Provider, { errors } from 'oidc-provider';
 
@@ -90,6 +90,20 @@ const provider = new Provider(issuer, {
       },
     },
   },
+});
+
+// Introspection calls are counted here, at the server, for the tests that check how
+// many calls a resource server makes: GET /test/introspections answers the count.
+let introspections = 0;
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'GET' && ctx.path === '/test/introspections') {
+    ctx.body = { count: introspections };
+    return;
+  }
+  if (ctx.method === 'POST' && ctx.path === '/token/introspection') {
+    introspections += 1;
+  }
+  await next();
 });
 
 provider.listen(port, '127.0.0.1').on('listening', () => {
