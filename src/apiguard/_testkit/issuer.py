@@ -108,9 +108,9 @@ class FakeIssuer:
     ) -> None:
         self.issuer = issuer
         self.audience = audience
-        self.signing_keys: dict[str, Any] = dict(
-            signing_keys or {"rsa-1": _shared_key("RS256"), "ec-1": _shared_key("ES256")}
-        )
+        if signing_keys is None:
+            signing_keys = {"rsa-1": _shared_key("RS256"), "ec-1": _shared_key("ES256")}
+        self.signing_keys: dict[str, Any] = dict(signing_keys)
         if not self.signing_keys:
             raise ConfigurationError("a FakeIssuer needs at least one signing key")
         self.keys: list[dict[str, Any]] = (
