@@ -260,7 +260,11 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey |
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
-    """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
+    return make_pki(tmp_path)
+
+
+def make_pki(tmp_path: Path) -> dict[str, str]:
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate (PEM files)."""
     keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "server", "client")}
     ca = _certificate("test CA", keys["ca"], None, None)
     signer = (ca.subject, keys["ca"])
