@@ -2,6 +2,9 @@
 
     uvicorn examples.websocket_app:app
 
+(uvicorn serves websockets with the `websockets` or `wsproto` package:
+`pip install 'uvicorn[standard]'` installs one.)
+
 A key for `chat:join` is made at startup (keys in memory, a pepper made for the run)
 and printed. Clients that can set headers send it as `X-API-Key`; browsers, which
 cannot set headers on a websocket, send it as the `api_key` query parameter. A
