@@ -119,7 +119,7 @@ def test_list_and_show_never_print_secrets(store_url: str) -> None:
     record = json.loads(as_json)[0]
     assert set(record) == {
         "key_id", "name", "scopes", "status", "created_at", "expires_at",
-        "revoked_at", "last_used_at", "metadata",
+        "revoked_at", "last_used_at", "metadata", "rate_limit", "quota",
     }  # fmt: skip
 
 
@@ -404,6 +404,7 @@ STORE_COMMANDS = {
     "show": ["K" * 12],
     "revoke": ["K" * 12],
     "rotate": ["K" * 12],
+    "update": ["K" * 12, "--quota", "10/day"],
 }
 
 

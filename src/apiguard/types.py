@@ -55,6 +55,15 @@ class KeyStore(Protocol):
     async def record_usage(self, key_id: str, *, at: datetime) -> None:
         """Set the key's `last_used_at` to `at` if that is later."""
 
+    async def update_limits(
+        self, key_id: str, *, rate_limit: str | None, quota: str | None
+    ) -> KeyRecord:
+        """Set the key's `rate_limit` and `quota` (`None` clears one); return the record.
+
+        Listeners are told, as for a revoke, so that cached verifications pick up the
+        new limits. Raises `KeyNotFoundError` if there is no such key.
+        """
+
     def add_listener(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call `listener(key_id)` whenever a key is revoked or its expiry changes.
 
