@@ -4,6 +4,8 @@ import inspect
 
 import apiguard
 import apiguard.keys
+import apiguard.proxies
+import apiguard.ratelimit
 import apiguard.tokens
 
 
@@ -33,6 +35,7 @@ def test_public_api_is_pinned() -> None:
         "MissingCredentials",
         "Policy",
         "Principal",
+        "RateLimitExceeded",
         "ScopeRule",
         "ScopeRules",
         "TokenIntrospector",
@@ -76,10 +79,24 @@ def test_public_api_is_pinned() -> None:
         "metadata_urls",
         "scopes_from_claims",
     ]
+    assert apiguard.ratelimit.__all__ == [
+        "FailedAuthLimit",
+        "HeaderStyle",
+        "LimitStorage",
+        "Quota",
+        "QuotaUsage",
+        "Quotas",
+        "RateLimits",
+        "RouteLimit",
+        "Strategy",
+        "parse_limits",
+        "parse_quota",
+    ]
+    assert apiguard.proxies.__all__ == ["ForwardedHop", "TrustedProxies"]
 
 
 def test_every_exported_name_exists_and_says_where_it_lives() -> None:
-    for module in (apiguard, apiguard.keys, apiguard.tokens):
+    for module in (apiguard, apiguard.keys, apiguard.tokens, apiguard.ratelimit, apiguard.proxies):
         for name in module.__all__:
             member = getattr(module, name)
             is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases

@@ -27,7 +27,7 @@ from apiguard.exceptions import (
 )
 from apiguard.policies import Policy, _with_head, route_path
 from apiguard.principal import ANONYMOUS, Grant
-from apiguard.types import ASGIApp, Receive, Scope, Send
+from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AuthMiddleware", "Authenticator", "GuardOptions"]
 
@@ -75,6 +75,16 @@ class Bookkeeping(Protocol):
         """Write what is pending; never raises."""
 
 
+class FailureLimit(Protocol):
+    """Limits failed authentications per client (`apiguard.ratelimit.FailedAuthLimit`)."""
+
+    async def check(self, scope: Scope) -> None:
+        """Raise `RateLimitExceeded` if the request's client failed too often."""
+
+    async def failed(self, scope: Scope) -> None:
+        """Count a failed authentication by the request's client."""
+
+
 class GuardOptions(TypedDict, total=False):
     """The options every apiguard middleware takes besides its credentials."""
 
@@ -88,6 +98,7 @@ class GuardOptions(TypedDict, total=False):
     retry_after: int
     error_response: ErrorResponseHook | None
     policies: Sequence[Policy]
+    failed_auth_limit: FailureLimit | None
 
 
 class AuthMiddleware:
@@ -140,7 +151,13 @@ class AuthMiddleware:
         policies: Checks run after authentication, in order, before the app: e.g.
             `ScopeRules([...])` for scopes by path and method. A policy's refusal
             (403 `insufficient_scope`, ...) is sent with the challenge of the
-            credential that was used.
+            credential that was used. Header fields a policy returns (the
+            `RateLimit` fields of `apiguard.ratelimit.RateLimits`) are added to the
+            app's `http.response.start`.
+        failed_auth_limit: Limits failed authentications per client address
+            (`apiguard.ratelimit.FailedAuthLimit`): checked before a credential is
+            looked up, a 401 for a bad credential counted after. Over the limit,
+            429 with `Retry-After`, and the store is not asked.
 
     Raises:
         ConfigurationError: The options are wrong. When the middleware is made inside
@@ -168,6 +185,7 @@ class AuthMiddleware:
         retry_after: int = 5,
         error_response: ErrorResponseHook | None = None,
         policies: Sequence[Policy] = (),
+        failed_auth_limit: FailureLimit | None = None,
     ) -> None:
         if not authenticators:
             raise ConfigurationError("at least one authenticator is required")
@@ -200,6 +218,7 @@ class AuthMiddleware:
         self._optional = optional
         self._hide = hide_credentials
         self._policies = tuple(policies)
+        self._failures = failed_auth_limit
         # An authenticator with an optional `bookkeeping` (APIKeyAuth) has writes
         # that wait until a response is out, so that no answer waits on them.
         self._bookkeeping: tuple[Bookkeeping, ...] = tuple(
@@ -244,6 +263,7 @@ class AuthMiddleware:
         # The scheme that was tried carries the error challenge (RFC 6750 §3).
         authenticator: Authenticator | None = None
         attempted = self._authenticators[0]
+        added: list[tuple[bytes, bytes]] = []
         try:
             credential = None
             for attempted in self._authenticators:
@@ -257,10 +277,21 @@ class AuthMiddleware:
                     raise MissingCredentials
                 grant = _ANONYMOUS_GRANT
             else:
+                if self._failures is not None:
+                    await self._failures.check(scope)  # before the store is asked
                 grant = await authenticator.authenticate(credential)
             for policy in self._policies:
-                await policy.check(grant[0], scope)
+                fields = await policy.check(grant[0], scope)
+                if fields:
+                    added.extend(fields)
         except ApiGuardError as exc:
+            if (
+                self._failures is not None
+                and isinstance(exc, AuthError)
+                and exc.status_code == 401
+                and exc.error is not None  # a bad credential, not a missing one
+            ):
+                await _count_failure(self._failures, scope)
             await self._refuse(exc, authenticator or attempted, scope, receive, send)
             return
         except Exception as exc:
@@ -281,6 +312,8 @@ class AuthMiddleware:
             )
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
+        if added and scope["type"] == "http":
+            send = _adding_headers(send, added)
         try:
             await self.app(scope, receive, send)
         except AuthError as exc:
@@ -334,6 +367,24 @@ def _loggable(value: object) -> str:
     # log record: line breaks and other unprintable characters are backslash-escaped.
     text = str(value)
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+async def _count_failure(failures: FailureLimit, scope: Scope) -> None:
+    try:
+        await failures.failed(scope)
+    except Exception:  # the refusal goes out anyway; the outage is logged
+        logger.exception("could not count a failed authentication")
+
+
+def _adding_headers(send: Send, fields: list[tuple[bytes, bytes]]) -> Send:
+    """`send` that adds `fields` to the response start; every other message unchanged."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *fields]}
+        await send(message)
+
+    return sending
 
 
 def _is_preflight(scope: Scope) -> bool:
