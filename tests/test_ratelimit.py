@@ -1,0 +1,508 @@
+"""Rate limits, quotas and failed-authentication limits through the middleware.
+
+Header fields follow draft-ietf-httpapi-ratelimit-headers-10 (§3 RateLimit-Policy,
+§4 RateLimit) and, as an option, the older RateLimit-Limit/-Remaining/-Reset of
+draft-06 (§3-§5); 429 and Retry-After are RFC 6585 §4 and RFC 9110 §10.2.3.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocket
+
+from apiguard import APIKeyMiddleware, ConfigurationError, Policy
+from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore
+from apiguard.keys.record import KeyRecord
+from apiguard.ratelimit import (
+    FailedAuthLimit,
+    LimitStorage,
+    Quotas,
+    RateLimits,
+    RouteLimit,
+    parse_limits,
+    parse_quota,
+)
+from apiguard.types import ASGIApp
+from tests.servers import RedisServer
+
+from .conftest import PEPPER, MakeClient
+
+pytestmark = pytest.mark.anyio
+
+LIMIT_BODY = {"error": "rate_limited", "error_description": "Too many requests; retry later."}
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello", headers={"x-app": "1"})
+
+
+async def ws_endpoint(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hi")
+    await websocket.close()
+
+
+def guarded(store: Any, *policies: Policy, **options: Any) -> ASGIApp:
+    app = Starlette(
+        routes=[
+            Route("/", hello),
+            Route("/search", hello, methods=["GET", "POST"]),
+            WebSocketRoute("/ws", ws_endpoint),
+        ]
+    )
+    return APIKeyMiddleware(app, store=store, pepper=PEPPER, policies=list(policies), **options)
+
+
+class CountingStore(MemoryKeyStore):
+    """A memory store that counts its lookups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        self.lookups += 1
+        return await super().get(key_id)
+
+
+@pytest.fixture
+def key_store() -> CountingStore:
+    return CountingStore()
+
+
+@pytest.fixture
+async def issued(key_store: CountingStore, hasher: KeyHasher) -> IssuedKey:
+    return await KeyManager(key_store, hasher).create("alice")
+
+
+def fields(response: httpx.Response, name: str) -> dict[str, dict[str, str]]:
+    """A RateLimit(-Policy) field as {item: {parameter: value}}."""
+    parsed: dict[str, dict[str, str]] = {}
+    for member in response.headers[name].split(","):
+        item, *params = member.strip().split(";")
+        parsed[item.strip('"')] = dict(p.split("=", 1) for p in params)
+    return parsed
+
+
+# --- limits per caller ------------------------------------------------------------
+
+
+async def test_over_the_limit_is_429_with_retry_after_and_the_usual_body(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """The fourth request in a minute of "3/minute" is refused: 429 (RFC 6585 §4) with
+    Retry-After in seconds (RFC 9110 §10.2.3), no challenge, the refusal JSON body."""
+    limits = RateLimits("3/minute")
+    async with make_client(guarded(key_store, limits)) as client:
+        answers = [await client.get("/", headers={"X-API-Key": issued.key}) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    refused = answers[-1]
+    assert refused.json() == LIMIT_BODY
+    assert refused.headers["content-type"] == "application/json"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert "www-authenticate" not in refused.headers
+    assert refused.headers["cache-control"] == "no-store"
+    # draft-10 §4.1.1: r is what is left; none at the refusal.
+    assert fields(refused, "ratelimit")["3/minute"]["r"] == "0"
+    # RFC 9110 / draft-10 §6: Retry-After is not earlier than the reset parameter.
+    assert int(refused.headers["retry-after"]) >= int(fields(refused, "ratelimit")["3/minute"]["t"])
+
+
+async def test_allowed_responses_carry_the_draft_fields(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """draft-10 §3.1: RateLimit-Policy has q (quota) and w (window, seconds) per limit;
+    §4.1: RateLimit has r (remaining) and t (seconds to reset). The app's own headers stay."""
+    limits = RateLimits("3/minute; 100/day")
+    async with make_client(guarded(key_store, limits)) as client:
+        first = await client.get("/", headers={"X-API-Key": issued.key})
+        second = await client.get("/", headers={"X-API-Key": issued.key})
+    assert first.status_code == 200
+    assert first.text == "hello"
+    assert first.headers["x-app"] == "1"
+    assert fields(first, "ratelimit-policy") == {
+        "3/minute": {"q": "3", "w": "60"},
+        "100/day": {"q": "100", "w": "86400"},
+    }
+    now = fields(first, "ratelimit")
+    assert now["3/minute"]["r"] == "2"
+    assert now["100/day"]["r"] == "99"
+    assert 0 < int(now["3/minute"]["t"]) <= 60
+    assert fields(second, "ratelimit")["3/minute"]["r"] == "1"
+    assert "ratelimit-limit" not in first.headers
+
+
+async def test_legacy_fields_name_the_tightest_limit(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """draft-06 §3-§5: one RateLimit-Limit/-Remaining/-Reset, for the limit with fewest left."""
+    limits = RateLimits("3/minute; 100/day", headers="legacy")
+    async with make_client(guarded(key_store, limits)) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert answer.headers["ratelimit-limit"] == "3"
+    assert answer.headers["ratelimit-remaining"] == "2"
+    assert 0 < int(answer.headers["ratelimit-reset"]) <= 60
+    assert "ratelimit" not in answer.headers
+    both = RateLimits("3/minute", headers="both")
+    async with make_client(guarded(key_store, both)) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert {"ratelimit", "ratelimit-policy", "ratelimit-limit"} <= set(answer.headers)
+
+
+async def test_fields_on_refusals_only_when_switched_off_for_success(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """`headers_on_success=False`: allowed responses are untouched, refusals still say why."""
+    limits = RateLimits("1/minute", headers_on_success=False)
+    async with make_client(guarded(key_store, limits)) as client:
+        allowed = await client.get("/", headers={"X-API-Key": issued.key})
+        refused = await client.get("/", headers={"X-API-Key": issued.key})
+    assert "ratelimit" not in allowed.headers
+    assert refused.status_code == 429
+    assert fields(refused, "ratelimit-policy") == {"1/minute": {"q": "1", "w": "60"}}
+
+
+async def test_each_key_has_its_own_counter_and_may_have_its_own_limit(
+    key_store: CountingStore, hasher: KeyHasher, make_client: MakeClient
+) -> None:
+    """A key's `rate_limit` replaces the default; another key's use does not count."""
+    manager = KeyManager(key_store, hasher)
+    small = await manager.create("small", rate_limit="1/minute")
+    large = await manager.create("large")
+    async with make_client(guarded(key_store, RateLimits("2/minute"))) as client:
+        small_answers = [
+            (await client.get("/", headers={"X-API-Key": small.key})) for _ in range(2)
+        ]
+        large_answers = [
+            (await client.get("/", headers={"X-API-Key": large.key})) for _ in range(3)
+        ]
+    assert [a.status_code for a in small_answers] == [200, 429]
+    assert [a.status_code for a in large_answers] == [200, 200, 429]
+    ignoring = RateLimits("2/minute", per_key=False)
+    async with make_client(guarded(key_store, ignoring)) as client:
+        answers = [(await client.get("/", headers={"X-API-Key": small.key})) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+
+
+async def test_route_limits_match_like_scope_rules(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """A route limit applies to its path and methods only, on top of the caller's own."""
+    limits = RateLimits("100/minute", routes=[RouteLimit("/search", "1/minute", methods=["GET"])])
+    key = {"X-API-Key": issued.key}
+    async with make_client(guarded(key_store, limits)) as client:
+        first = await client.get("/search", headers=key)
+        second = await client.get("/search", headers=key)
+        post = await client.post("/search", headers=key)
+        root = await client.get("/", headers=key)
+    assert [first.status_code, second.status_code, post.status_code, root.status_code] == [
+        200,
+        429,
+        200,
+        200,
+    ]
+    assert set(fields(first, "ratelimit")) == {"100/minute", "/search 1/minute"}
+    assert fields(second, "ratelimit")["/search 1/minute"]["r"] == "0"
+    assert set(fields(root, "ratelimit")) == {"100/minute"}
+
+
+async def test_a_caller_without_any_limit_gets_no_fields(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """No default and no key limit: nothing is counted or added."""
+    async with make_client(guarded(key_store, RateLimits())) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert answer.status_code == 200
+    assert "ratelimit" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"default": "lots"}, "not a rate limit"),
+        ({"default": "0/minute"}, "amounts are positive"),
+        ({"strategy": "leaky-bucket"}, "unknown strategy"),
+        ({"headers": "all"}, "unknown header style"),
+        ({"storage": "mongodb://x"}, "unknown limit storage"),
+    ],
+)
+def test_bad_options_are_configuration_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RateLimits(**kwargs)
+
+
+def test_limit_notation() -> None:
+    """The `limits` notation, several limits split by ';'."""
+    assert [str(item) for item in parse_limits("100/minute; 5000 per day")] == [
+        "100 per 1 minute",
+        "5000 per 1 day",
+    ]
+
+
+def test_websocket_handshake_over_the_limit_is_refused_before_accept(
+    hasher: KeyHasher,
+) -> None:
+    """With the denial-response extension the handshake gets the 429 itself."""
+    store = MemoryKeyStore()
+    issued = anyio.run(lambda: KeyManager(store, hasher).create("ws"))
+    app = guarded(store, RateLimits("1/minute"))
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws", headers={"X-API-Key": issued.key}) as ws:
+            assert ws.receive_text() == "hi"
+        with (
+            pytest.raises(WebSocketDenialResponse) as info,
+            client.websocket_connect("/ws", headers={"X-API-Key": issued.key}),
+        ):
+            pass  # pragma: no cover - refused
+    assert info.value.status_code == 429
+    assert int(info.value.headers["retry-after"]) >= 1
+
+
+# --- Redis: shared between workers, fail closed ----------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_counters_are_shared_between_middleware_instances(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient, redis_url: str
+) -> None:
+    """Two apps (as two workers) on one Redis share one limit."""
+    first = RateLimits("3/minute", storage=redis_url)
+    second = RateLimits("3/minute", storage=redis_url)
+    try:
+        async with (
+            make_client(guarded(key_store, first)) as one,
+            make_client(guarded(key_store, second)) as two,
+        ):
+            codes = [
+                (await client.get("/", headers={"X-API-Key": issued.key})).status_code
+                for client in (one, two, one, two)
+            ]
+    finally:
+        await first.aclose()
+        await second.aclose()
+    assert codes == [200, 200, 200, 429]
+
+
+@pytest.mark.redis
+async def test_redis_down_is_503_with_retry_after(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    make_redis_server: Callable[[], RedisServer],
+) -> None:
+    """Fail closed: limits that cannot be counted are a 503, never a pass."""
+    server = make_redis_server()
+    limits = RateLimits("3/minute", storage=LimitStorage(server.url(), timeout=1.0))
+    try:
+        async with make_client(guarded(key_store, limits, retry_after=7)) as client:
+            assert (await client.get("/", headers={"X-API-Key": issued.key})).status_code == 200
+            server.stop()
+            answer = await client.get("/", headers={"X-API-Key": issued.key})
+    finally:
+        await limits.storage.aclose()
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "7"
+    assert answer.json()["error"] == "temporarily_unavailable"
+
+
+# --- quotas ------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at(*fields: int) -> datetime:
+    return datetime(*fields, tzinfo=timezone.utc)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_quota_rolls_over_at_the_calendar_month(
+    backend: str,
+    key_store: CountingStore,
+    hasher: KeyHasher,
+    make_client: MakeClient,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A month's quota ends at midnight UTC on the 1st: Retry-After counts down to it,
+    and the next month starts from zero."""
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    issued = await KeyManager(key_store, hasher).create("plan", quota="2/month")
+    # In the future: Redis expires the counters by its own clock.
+    clock = Clock(at(2099, 1, 31, 23, 58, 20))
+    quotas = Quotas(storage=url, clock=clock)
+    key = {"X-API-Key": issued.key}
+    try:
+        async with make_client(guarded(key_store, quotas)) as client:
+            january = [await client.get("/", headers=key) for _ in range(3)]
+            used = await quotas.usage(issued.record.key_id, "2/month")
+            clock.now = at(2099, 2, 1).timestamp()
+            february = await client.get("/", headers=key)
+            later = await quotas.usage(issued.record.key_id, "2/month")
+    finally:
+        await quotas.aclose()
+    assert [a.status_code for a in january] == [200, 200, 429]
+    assert january[2].headers["retry-after"] == "100"  # to 2099-02-01T00:00:00Z
+    assert january[2].json() == LIMIT_BODY
+    assert fields(january[0], "ratelimit-policy") == {"quota": {"q": "2"}}
+    assert fields(january[1], "ratelimit") == {"quota": {"r": "0", "t": "100"}}
+    assert used is not None
+    assert (used.used, used.remaining) == (2, 0)  # the refused request is not counted
+    assert used.period_start == at(2099, 1, 1)
+    assert used.resets_at == at(2099, 2, 1)
+    assert february.status_code == 200
+    assert later is not None
+    assert (later.used, later.remaining, later.resets_at) == (1, 1, at(2099, 3, 1))
+
+
+@pytest.mark.redis
+async def test_quota_counters_in_redis_are_named_by_period_and_expire(redis_url: str) -> None:
+    """One key per caller and month, expiring a day after the month ends."""
+    import redis.asyncio as aioredis
+
+    from apiguard.principal import Principal
+
+    clock = Clock(at(2026, 12, 15))
+    quotas = Quotas("5/month", storage=redis_url, clock=clock)
+    principal = Principal(identity="KID", kind="api_key", key_id="KID")
+    try:
+        await quotas.check(principal, {"type": "http", "headers": []})
+    finally:
+        await quotas.aclose()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await client.get("apiguard:quota:api_key:KID:2026-12") == b"1"
+        expires = await client.expiretime("apiguard:quota:api_key:KID:2026-12")
+    finally:
+        await client.aclose()
+    assert expires == at(2027, 1, 2).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("text", "amount", "period"),
+    [("100000/month", 100000, "month"), ("1000 per day", 1000, "day"), (" 5/DAY ", 5, "day")],
+)
+def test_quota_notation(text: str, amount: int, period: str) -> None:
+    quota = parse_quota(text)
+    assert (quota.amount, quota.period) == (amount, period)
+
+
+@pytest.mark.parametrize("text", ["100/week", "0/month", "month", "-5/day"])
+def test_bad_quotas_are_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a quota"):
+        parse_quota(text)
+
+
+def test_day_periods() -> None:
+    quota = parse_quota("10/day")
+    assert quota.bounds(at(2026, 12, 31, 13).timestamp()) == (at(2026, 12, 31), at(2027, 1, 1))
+    assert quota.label(at(2026, 12, 31)) == "2026-12-31"
+    assert parse_quota("1/month").bounds(at(2026, 12, 9).timestamp()) == (
+        at(2026, 12, 1),
+        at(2027, 1, 1),
+    )
+
+
+# --- failed authentication -------------------------------------------------------------
+
+
+def client_at(app: ASGIApp, address: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(address, 40000)),
+        base_url="http://testserver",
+    )
+
+
+async def test_failed_authentication_is_limited_before_the_store_is_asked(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """After two bad keys from one address, the third request (even with a good key)
+    is 429 without a store lookup; another address is unaffected (OWASP API2:2023)."""
+    app = guarded(key_store, failed_auth_limit=FailedAuthLimit("2/minute"))
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    async with client_at(app, "203.0.113.7") as attacker, client_at(app, "198.51.100.1") as other:
+        first = await attacker.get("/", headers=bad)
+        second = await attacker.get("/", headers=bad)
+        lookups = key_store.lookups
+        third = await attacker.get("/", headers=bad)
+        good = await attacker.get("/", headers={"X-API-Key": issued.key})
+        assert key_store.lookups == lookups  # the limit came first
+        elsewhere = await other.get("/", headers={"X-API-Key": issued.key})
+        missing = await other.get("/")
+        missing_again = await other.get("/")
+        still = await other.get("/", headers={"X-API-Key": issued.key})
+    assert [first.status_code, second.status_code] == [401, 401]
+    assert [third.status_code, good.status_code] == [429, 429]
+    assert third.json() == LIMIT_BODY
+    assert int(third.headers["retry-after"]) >= 1
+    assert elsewhere.status_code == 200
+    # A request without credentials is no failed guess: never counted.
+    assert [missing.status_code, missing_again.status_code, still.status_code] == [401, 401, 200]
+
+
+async def test_failed_authentication_counts_the_forwarded_client_behind_a_trusted_proxy(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """Behind a trusted proxy, each forwarded client has its own count; a spoofed
+    X-Forwarded-For from an untrusted peer does not escape its own."""
+    from apiguard.proxies import TrustedProxies
+
+    limit = FailedAuthLimit("1/minute", proxies=TrustedProxies(["10.0.0.0/8"]))
+    app = guarded(key_store, failed_auth_limit=limit)
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    async with client_at(app, "10.1.2.3") as proxy, client_at(app, "203.0.113.9") as direct:
+        one = await proxy.get("/", headers={**bad, "X-Forwarded-For": "198.51.100.1"})
+        one_again = await proxy.get("/", headers={**bad, "X-Forwarded-For": "198.51.100.1"})
+        two = await proxy.get("/", headers={**bad, "X-Forwarded-For": "198.51.100.2"})
+        spoof = await direct.get("/", headers={**bad, "X-Forwarded-For": "192.0.2.1"})
+        spoof_again = await direct.get("/", headers={**bad, "X-Forwarded-For": "192.0.2.2"})
+    assert [one.status_code, one_again.status_code, two.status_code] == [401, 429, 401]
+    assert [spoof.status_code, spoof_again.status_code] == [401, 429]
+
+
+@pytest.fixture
+async def redis_limit(redis_url: str) -> AsyncIterator[FailedAuthLimit]:
+    limit = FailedAuthLimit("1/minute", storage=redis_url)
+    yield limit
+    await limit.aclose()
+
+
+@pytest.mark.redis
+async def test_failed_authentication_limit_in_redis(
+    key_store: CountingStore, issued: IssuedKey, redis_limit: FailedAuthLimit
+) -> None:
+    """The failure count lives in Redis, so every worker sees it."""
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    other = FailedAuthLimit("1/minute", storage=redis_limit.storage)
+    async with (
+        client_at(guarded(key_store, failed_auth_limit=redis_limit), "203.0.113.7") as one,
+        client_at(guarded(key_store, failed_auth_limit=other), "203.0.113.7") as two,
+    ):
+        assert (await one.get("/", headers=bad)).status_code == 401
+        assert (await two.get("/", headers=bad)).status_code == 429
+    await other.aclose()  # shares the storage: closes nothing
+
+
+def test_retry_after_is_whole_seconds() -> None:
+    from apiguard import RateLimitExceeded
+
+    error = RateLimitExceeded(-3, (("ratelimit", '"x";r=0;t=0'),))
+    assert error.retry_after == 0
+    assert error.headers[0] == ("retry-after", "0")
+    assert re.fullmatch(r"\d+", error.headers[0][1])
