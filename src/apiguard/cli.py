@@ -186,7 +186,7 @@ def _echo_record(record: KeyRecord) -> None:
         ("revoked", _when(record.revoked_at)),
         ("last used", _when(record.last_used_at)),
         ("metadata", json.dumps(dict(record.metadata)) if record.metadata else "-"),
-        ("rate limit", record.rate_limit or "-"),
+        ("ratelimit", record.rate_limit or "-"),
         ("quota", record.quota or "-"),
     ):
         click.echo(f"{label + ':':<11}{value}")
