@@ -328,8 +328,10 @@ class Clock:
         return self.now
 
 
-def at(*fields: int) -> datetime:
-    return datetime(*fields, tzinfo=timezone.utc)  # type: ignore[misc]
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
 
 
 @pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
