@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from limits import RateLimitItem
 from limits.aio.strategies import (
@@ -34,6 +34,9 @@ from apiguard.proxies import TrustedProxies
 from apiguard.ratelimit._fields import HeaderStyle, LimitState, rate_limit_fields
 from apiguard.ratelimit.storage import LimitStorage, parse_limits
 from apiguard.types import Scope
+
+if TYPE_CHECKING:
+    from apiguard.ratelimit._pipeline import SlidingWindowPipeline
 
 __all__ = ["RateLimits", "RouteLimit", "Strategy", "partition_key"]
 
@@ -146,6 +149,13 @@ class RateLimits:
         self._owns_storage = isinstance(storage, str)
         self.storage = LimitStorage(storage) if isinstance(storage, str) else storage
         self._limiter: RateLimiter = _STRATEGIES[strategy](self.storage.limits)
+        # In Redis, the sliding window counter counts and reads in one round trip.
+        self._pipeline: SlidingWindowPipeline | None = None
+        redis = self.storage.redis
+        if strategy == "sliding-window-counter" and redis is not None:
+            from apiguard.ratelimit._pipeline import SlidingWindowPipeline
+
+            self._pipeline = SlidingWindowPipeline(self.storage.limits, redis)  # type: ignore[arg-type]
         self._per_key = per_key
         self._style: HeaderStyle = headers
         self._on_success = headers_on_success and headers != "none"
@@ -178,10 +188,15 @@ class RateLimits:
         states: list[LimitState] = []
         with self.storage.errors():
             for item, identifiers, name in checks:
-                allowed = await self._limiter.hit(item, *identifiers)
-                if allowed and not self._on_success:
-                    continue
-                stats = await self._limiter.get_window_stats(item, *identifiers)
+                if self._pipeline is not None:
+                    allowed, stats = await self._pipeline.hit(item, *identifiers)
+                    if allowed and not self._on_success:
+                        continue
+                else:
+                    allowed = await self._limiter.hit(item, *identifiers)
+                    if allowed and not self._on_success:
+                        continue
+                    stats = await self._limiter.get_window_stats(item, *identifiers)
                 reset = max(0, math.ceil(stats.reset_time - time.time()))
                 remaining = stats.remaining
                 states.append(LimitState(name, item.amount, item.get_expiry(), remaining, reset))
