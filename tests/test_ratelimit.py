@@ -508,3 +508,47 @@ def test_retry_after_is_whole_seconds() -> None:
     assert error.retry_after == 0
     assert error.headers[0] == ("retry-after", "0")
     assert re.fullmatch(r"\d+", error.headers[0][1])
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("on_success", [True, False])
+async def test_redis_costs_one_round_trip_per_limit_and_request(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    on_success: bool,
+) -> None:
+    """Warm, each request sends one batch to Redis per limit: the hit and the window
+    read go together, the fields cost nothing more, nothing else is on the path."""
+    from redis.asyncio.connection import AbstractConnection
+
+    sends = 0
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    limits = RateLimits("50/minute; 500/day", storage=redis_url, headers_on_success=on_success)
+    key = {"X-API-Key": issued.key}
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            await client.get("/", headers=key)  # connects and loads the scripts
+            sends = 0
+            answers = [await client.get("/", headers=key) for _ in range(5)]
+            # The scripts gone (a restart, SCRIPT FLUSH): loaded again, counted once.
+            await limits.storage.redis.script_flush()  # type: ignore[union-attr]
+            after_flush = await client.get("/", headers=key)
+    finally:
+        await limits.aclose()
+    assert all(a.status_code == 200 for a in answers)
+    # 5 requests x 2 limits; the flush; then for the first limit the batch (NOSCRIPT),
+    # two SCRIPT LOADs and the batch again, and the second limit's batch.
+    assert sends == 5 * 2 + 1 + 4 + 1
+    assert after_flush.status_code == 200
+    if on_success:  # 7 requests counted, the retried one once
+        assert fields(after_flush, "ratelimit")["50/minute"]["r"] == "43"
