@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from limits import RateLimitItem
@@ -59,6 +60,7 @@ def partition_key(principal: Principal, scope: Scope, proxies: TrustedProxies) -
     return f"address:{proxies.client_address(scope)}"
 
 
+@lru_cache(maxsize=1024)
 def _name(item: RateLimitItem) -> str:
     unit = item.GRANULARITY.name
     return (
@@ -171,10 +173,12 @@ class RateLimits:
 
         Returns the RateLimit fields for the response, when they are sent.
         """
-        checks: list[tuple[RateLimitItem, tuple[str, ...], str]] = []
         partition = partition_key(principal, scope, self._proxies)
-        checks = [(item, (partition,), _name(item)) for item in self._items(principal)]
+        checks: list[tuple[RateLimitItem, tuple[str, ...], str]] = []
         if self._routes:
+            # The route's limits first: a request they refuse (the usual, tighter
+            # case) does not use up the caller's own limits. Limits checked before
+            # the one that refuses keep the request counted, as in `limits` users.
             path, method = route_path(scope), scope.get("method")
             for number, route in enumerate(self._routes):
                 if route.matches(path, method):
@@ -183,6 +187,7 @@ class RateLimits:
                         for item in route._items
                     ]
                     break
+        checks += [(item, (partition,), _name(item)) for item in self._items(principal)]
         if not checks:
             return None
         states: list[LimitState] = []
