@@ -558,3 +558,98 @@ async def test_redis_costs_one_round_trip_per_limit_and_request(
     assert after_flush.status_code == 200
     if on_success:  # 7 requests counted, the retried one once
         assert fields(after_flush, "ratelimit")["50/minute"]["r"] == "43"
+
+
+# --- storage, outages, who is counted -------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_quota_redis_down_is_503(
+    key_store: CountingStore,
+    hasher: KeyHasher,
+    make_client: MakeClient,
+    make_redis_server: Callable[[], RedisServer],
+) -> None:
+    """Quotas fail closed too."""
+    server = make_redis_server()
+    issued = await KeyManager(key_store, hasher).create("plan", quota="10/day")
+    quotas = Quotas(storage=LimitStorage(server.url(), timeout=1.0))
+    server.stop()
+    try:
+        async with make_client(guarded(key_store, quotas)) as client:
+            answer = await client.get("/", headers={"X-API-Key": issued.key})
+    finally:
+        await quotas.storage.aclose()
+    assert answer.status_code == 503
+    assert "retry-after" in answer.headers
+
+
+async def test_a_failure_that_cannot_be_counted_still_gets_its_401(
+    key_store: CountingStore, issued: IssuedKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal goes out; the counting error is logged."""
+
+    class Broken:
+        async def check(self, scope: Any) -> None:
+            return None
+
+        async def failed(self, scope: Any) -> None:
+            raise OSError("down")
+
+    app = guarded(key_store, failed_auth_limit=Broken())
+    async with client_at(app, "203.0.113.7") as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key[:-4] + "AAAA"})
+    assert answer.status_code == 401
+    assert "could not count a failed authentication" in caplog.text
+
+
+async def test_anonymous_callers_are_counted_by_address(
+    key_store: CountingStore, make_client: MakeClient
+) -> None:
+    """In optional mode, requests without a key share their address's counter."""
+    app = guarded(key_store, RateLimits("1/minute"), optional=True)
+    async with client_at(app, "203.0.113.7") as one, client_at(app, "203.0.113.8") as two:
+        codes = [(await c.get("/")).status_code for c in (one, one, two)]
+    assert codes == [200, 429, 200]
+
+
+def test_partition_keys() -> None:
+    """Keys by key id, bearer tokens by client id (else subject), others by address."""
+    from apiguard.principal import ANONYMOUS, Principal
+    from apiguard.proxies import TrustedProxies
+    from apiguard.ratelimit.policy import partition_key
+
+    proxies = TrustedProxies()
+    request = {"type": "http", "headers": [], "client": ("192.0.2.1", 1)}
+    key = Principal(identity="K1", kind="api_key", key_id="K1")
+    client = Principal(identity="sub", kind="bearer", client_id="app", subject="sub")
+    user = Principal(identity="sub", kind="bearer", subject="sub")
+    assert partition_key(key, request, proxies) == "api_key:K1"
+    assert partition_key(client, request, proxies) == "bearer:app"
+    assert partition_key(user, request, proxies) == "bearer:sub"
+    assert partition_key(ANONYMOUS, request, proxies) == "address:192.0.2.1"
+
+
+async def test_quotas_without_a_quota_do_nothing() -> None:
+    from apiguard.principal import Principal
+
+    quotas = Quotas()
+    principal = Principal(identity="K1", kind="api_key", key_id="K1")
+    assert await quotas.check(principal, {"type": "http", "headers": []}) is None
+    assert await quotas.usage("K1") is None
+    silent = Quotas("5/day", headers=False)
+    assert await silent.check(principal, {"type": "http", "headers": []}) is None
+    assert (await silent.usage("K1")).used == 1  # type: ignore[union-attr]
+    await quotas.aclose()
+
+
+def test_limit_storage_urls() -> None:
+    """Unknown schemes and malformed Redis URLs are configuration errors; no password shows."""
+    with pytest.raises(ConfigurationError, match="unknown limit storage"):
+        LimitStorage("postgresql://u:secret@h/db")
+    with pytest.raises(ConfigurationError) as info:
+        LimitStorage("redis://:secret@host:port/0")
+    assert "secret" not in str(info.value)
+    assert repr(LimitStorage("redis://:secret@localhost:6379/0?push=off")) == (
+        "LimitStorage('redis://:***@localhost:6379/0?push=off')"
+    )
