@@ -25,6 +25,7 @@ from apiguard.keys._url import hide_password, redact_url
 try:
     from limits import RateLimitItem, parse_many
     from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+    from limits.errors import ConfigurationError as LimitsConfigurationError
     from limits.errors import StorageError
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
@@ -93,13 +94,18 @@ class LimitStorage:
         elif scheme in _REDIS_SCHEMES:
             self.redis = _redis_client(url, timeout, client_options)
             # limits' storage over our connection pool: one pool, closed by aclose().
-            self.limits = RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                wrap_exceptions=True,
-                key_prefix=f"{key_prefix}limits",
-                connection_pool=self.redis.connection_pool,  # type: ignore[arg-type]
-            )
+            try:
+                self.limits = RedisStorage(
+                    "async+redis://",
+                    implementation="redispy",
+                    wrap_exceptions=True,
+                    key_prefix=f"{key_prefix}limits",
+                    connection_pool=self.redis.connection_pool,  # type: ignore[arg-type]
+                )
+            except LimitsConfigurationError as exc:  # redis-py older than limits needs
+                raise ConfigurationError(
+                    f"limits cannot use the installed redis-py ({exc}): pip install 'redis>=5.2'"
+                ) from None
         else:
             raise ConfigurationError(
                 f"unknown limit storage {redact_url(url)!r}: use memory:// or redis://"
