@@ -31,6 +31,7 @@ from apiguard.ratelimit import (
     Quotas,
     RateLimits,
     RouteLimit,
+    Strategy,
     parse_limits,
     parse_quota,
 )
@@ -653,3 +654,26 @@ def test_limit_storage_urls() -> None:
     assert repr(LimitStorage("redis://:secret@localhost:6379/0?push=off")) == (
         "LimitStorage('redis://:***@localhost:6379/0?push=off')"
     )
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window", "fixed-window"])
+async def test_every_strategy_limits_and_reports(
+    strategy: Strategy,
+    backend: str,
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Each `limits` strategy, in memory and in Redis: the limit, then 429; r counts down."""
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    limits = RateLimits("2/minute", strategy=strategy, storage=url)
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            answers = [await client.get("/", headers={"X-API-Key": issued.key}) for _ in range(3)]
+    finally:
+        await limits.aclose()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert [fields(a, "ratelimit")["2/minute"]["r"] for a in answers] == ["1", "0", "0"]
+    assert int(answers[2].headers["retry-after"]) >= 1
