@@ -677,3 +677,50 @@ async def test_every_strategy_limits_and_reports(
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert [fields(a, "ratelimit")["2/minute"]["r"] for a in answers] == ["1", "0", "0"]
     assert int(answers[2].headers["retry-after"]) >= 1
+
+
+async def test_fields_are_added_to_the_response_start_only(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """`send` is wrapped for `http.response.start` only: the app's header list keeps its
+    order and gets the fields appended; body messages pass as they were, chunk by chunk."""
+    from apiguard.types import Message, Receive, Scope, Send
+
+    chunks: list[Message] = [
+        {"type": "http.response.body", "body": b"one", "more_body": True},
+        {"type": "http.response.body", "body": b"two", "more_body": False},
+    ]
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]})
+        for chunk in chunks:
+            await send(chunk)
+
+    app = APIKeyMiddleware(
+        streaming, store=key_store, pepper=PEPPER, policies=[RateLimits("5/minute")]
+    )
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        raise AssertionError("the request body is never read")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"x-api-key", issued.key.encode())],
+        "client": ("192.0.2.1", 1),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["headers"] == [
+        (b"x-a", b"1"),
+        (b"ratelimit-policy", b'"5/minute";q=5;w=60'),
+        (b"ratelimit", b'"5/minute";r=4;t=30'),
+    ]
+    assert sent[1] is chunks[0]
+    assert sent[2] is chunks[1]
