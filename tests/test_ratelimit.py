@@ -724,3 +724,34 @@ async def test_fields_are_added_to_the_response_start_only(
     ]
     assert sent[1] is chunks[0]
     assert sent[2] is chunks[1]
+
+
+async def test_an_unexpected_error_while_counting_is_a_503_not_a_pass(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a storage error, not swallowed: the middleware fails closed."""
+    limits = RateLimits("5/minute")
+
+    async def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(limits._limiter, "hit", broken)
+    async with make_client(guarded(key_store, limits)) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "temporarily_unavailable"
+
+
+def test_storage_errors_are_told_from_other_errors() -> None:
+    """Driver and timeout errors mean the storage is unavailable; a bug is not hidden."""
+    from limits.errors import StorageError
+
+    storage = LimitStorage()
+    assert storage.unavailable(StorageError(ConnectionError("x"))) is not None
+    assert storage.unavailable(TimeoutError()) is not None
+    assert storage.unavailable(ValueError("bug")) is None
+    with pytest.raises(ValueError, match="bug"), storage.errors():
+        raise ValueError("bug")

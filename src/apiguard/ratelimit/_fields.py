@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 __all__ = ["HeaderStyle", "LimitState", "rate_limit_fields"]
@@ -43,6 +44,7 @@ class LimitState:
     reset: int
 
 
+@lru_cache(maxsize=1024)
 def _item(name: str) -> str:
     return '"' + _UNSAFE.sub("", name) + '"'
 

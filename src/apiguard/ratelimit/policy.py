@@ -191,7 +191,7 @@ class RateLimits:
         if not checks:
             return None
         states: list[LimitState] = []
-        with self.storage.errors():
+        try:
             for item, identifiers, name in checks:
                 if self._pipeline is not None:
                     allowed, stats = await self._pipeline.hit(item, *identifiers)
@@ -203,12 +203,20 @@ class RateLimits:
                         continue
                     stats = await self._limiter.get_window_stats(item, *identifiers)
                 reset = max(0, math.ceil(stats.reset_time - time.time()))
-                remaining = stats.remaining
-                states.append(LimitState(name, item.amount, item.get_expiry(), remaining, reset))
+                states.append(
+                    LimitState(name, item.amount, item.get_expiry(), stats.remaining, reset)
+                )
                 if not allowed:
                     fields = rate_limit_fields(states[-1:], self._style)
                     # RFC 6585 §4 / RFC 9110 §10.2.3; at least a second, never "now".
                     raise RateLimitExceeded(max(1, reset), tuple(fields), reason="rate limit")
+        except RateLimitExceeded:
+            raise
+        except Exception as exc:  # not a context manager: this is the hot path
+            error = self.storage.unavailable(exc)
+            if error is None:
+                raise
+            raise error from exc
         return [
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in rate_limit_fields(states, self._style)

@@ -114,22 +114,27 @@ class LimitStorage:
     def __repr__(self) -> str:
         return f"LimitStorage({redact_url(self.url)!r})"
 
+    def unavailable(self, exc: BaseException) -> BackendUnavailableError | None:
+        """The `BackendUnavailableError` (the middleware's 503) for a storage error;
+        `None` for anything else, to be raised as it is."""
+        if isinstance(exc, StorageError):
+            exc = exc.storage_error
+        elif not isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError)) and not (
+            self.redis is not None and _is_redis_error(exc)
+        ):
+            return None
+        return BackendUnavailableError(f"limit storage unavailable: {type(exc).__name__}")
+
     @contextmanager
     def errors(self) -> Iterator[None]:
         """Storage errors become `BackendUnavailableError` (the middleware's 503)."""
         try:
             yield
-        except (StorageError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
-            cause = exc.storage_error if isinstance(exc, StorageError) else exc
-            raise BackendUnavailableError(
-                f"limit storage unavailable: {type(cause).__name__}"
-            ) from exc
         except Exception as exc:
-            if self.redis is not None and _is_redis_error(exc):
-                raise BackendUnavailableError(
-                    f"limit storage unavailable: {type(exc).__name__}"
-                ) from exc
-            raise
+            error = self.unavailable(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     async def aclose(self) -> None:
         """Close the Redis connections, if any."""
