@@ -405,6 +405,7 @@ STORE_COMMANDS = {
     "revoke": ["K" * 12],
     "rotate": ["K" * 12],
     "update": ["K" * 12, "--quota", "10/day"],
+    "check": ["apg_KKKKKKKKKKKK_key"],
 }
 
 

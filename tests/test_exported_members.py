@@ -3,6 +3,7 @@ from __future__ import annotations
 import inspect
 
 import apiguard
+import apiguard.fastapi
 import apiguard.keys
 import apiguard.proxies
 import apiguard.ratelimit
@@ -70,6 +71,7 @@ def test_public_api_is_pinned() -> None:
         "ClientAuthMethod",
         "CompositeIntrospector",
         "JWTIntrospector",
+        "RedisTokenCache",
         "RemoteIntrospector",
         "TokenInfo",
         "TokenIntrospector",
@@ -79,6 +81,14 @@ def test_public_api_is_pinned() -> None:
         "metadata_urls",
         "scopes_from_claims",
     ]
+    assert apiguard.fastapi.__all__ == [
+        "Guard",
+        "GuardRefusal",
+        "current_principal",
+        "install",
+        "require_scopes",
+    ]
+
     assert apiguard.ratelimit.__all__ == [
         "FailedAuthLimit",
         "HeaderStyle",
@@ -96,7 +106,14 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_every_exported_name_exists_and_says_where_it_lives() -> None:
-    for module in (apiguard, apiguard.keys, apiguard.tokens, apiguard.ratelimit, apiguard.proxies):
+    for module in (
+        apiguard,
+        apiguard.fastapi,
+        apiguard.keys,
+        apiguard.tokens,
+        apiguard.ratelimit,
+        apiguard.proxies,
+    ):
         for name in module.__all__:
             member = getattr(module, name)
             is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases
@@ -107,3 +124,9 @@ def test_every_exported_name_exists_and_says_where_it_lives() -> None:
 
 def test_version_is_a_string() -> None:
     assert apiguard.__version__.count(".") == 2
+
+
+def test_diagnostics_api_is_pinned() -> None:
+    import apiguard.diagnostics
+
+    assert apiguard.diagnostics.__all__ == ["Check", "Report", "explain_key", "explain_token"]

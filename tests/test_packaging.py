@@ -19,13 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION = "apiguard-asgi"
 # Modules that exist to use an optional package, named by the extras that install it.
 OPTIONAL: dict[str, str] = {
-    "fastapi.py": "fastapi",
+    "fastapi/__init__.py": "fastapi",
+    "fastapi/_dependencies.py": "fastapi",
+    "fastapi/_guard.py": "fastapi",
+    "fastapi/_openapi.py": "fastapi",
     "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
     "ratelimit/_pipeline.py": "ratelimit,redis",
     "ratelimit/failures.py": "ratelimit",
     "ratelimit/policy.py": "ratelimit",
     "ratelimit/storage.py": "ratelimit",
+    "tokens/shared_cache.py": "redis",
 }
 # The contract suite and test helpers run inside the user's own pytest.
 UNDECLARED = {"testing.py"}

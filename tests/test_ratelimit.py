@@ -755,3 +755,40 @@ def test_storage_errors_are_told_from_other_errors() -> None:
     assert storage.unavailable(ValueError("bug")) is None
     with pytest.raises(ValueError, match="bug"), storage.errors():
         raise ValueError("bug")
+
+
+async def test_fastapi_guard_per_route_applies_the_limits(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """`Guard` without the middleware refuses like it: 429 over a rate limit, and
+    failed authentications limited per address before the store is asked."""
+    from fastapi import Depends, FastAPI
+
+    from apiguard import APIKeyAuth, Principal
+    from apiguard.fastapi import Guard
+
+    guard = Guard(
+        APIKeyAuth(key_store, hasher=KeyHasher(PEPPER)),
+        policies=[RateLimits("1/minute")],
+        failed_auth_limit=FailedAuthLimit("1/minute"),
+    )
+    app = FastAPI()
+    guard.install(app, middleware=False)
+
+    @app.get("/items")
+    async def items(caller: Principal = Depends(guard)) -> dict[str, str]:  # noqa: B008
+        return {"caller": caller.identity}
+
+    good = {"X-API-Key": issued.key}
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    async with client_at(app, "203.0.113.7") as client, client_at(app, "198.51.100.7") as other:
+        allowed = await client.get("/items", headers=good)
+        limited = await client.get("/items", headers=good)
+        failed = await other.get("/items", headers=bad)
+        lookups = key_store.lookups
+        slowed = await other.get("/items", headers=bad)
+    assert [allowed.status_code, limited.status_code] == [200, 429]
+    assert limited.json() == LIMIT_BODY
+    assert int(limited.headers["retry-after"]) >= 1
+    assert [failed.status_code, slowed.status_code] == [401, 429]
+    assert key_store.lookups == lookups
