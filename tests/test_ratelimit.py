@@ -792,3 +792,18 @@ async def test_fastapi_guard_per_route_applies_the_limits(
     assert int(limited.headers["retry-after"]) >= 1
     assert [failed.status_code, slowed.status_code] == [401, 429]
     assert key_store.lookups == lookups
+
+
+async def test_key_limits_are_checked_before_they_are_stored(hasher: KeyHasher) -> None:
+    """A key cannot be given a limit no server could read; rotation keeps the limits."""
+    manager = KeyManager(MemoryKeyStore(), hasher)
+    with pytest.raises(ConfigurationError, match="not a rate limit"):
+        await manager.create("x", rate_limit="fast")
+    with pytest.raises(ConfigurationError, match="at most 255 characters"):
+        await manager.create("x", quota="1" * 300 + "/day")
+    issued = await manager.create("x", rate_limit="5/second", quota="10/day")
+    with pytest.raises(ConfigurationError, match="not a quota"):
+        await manager.update_limits(issued.record.key_id, rate_limit=None, quota="10/year")
+    rotated = await manager.rotate(issued.record.key_id)
+    assert (rotated.record.rate_limit, rotated.record.quota) == ("5/second", "10/day")
+    assert str(parse_quota("10 per day")) == "10/day"
