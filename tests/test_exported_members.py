@@ -6,7 +6,9 @@ import apiguard
 import apiguard.fastapi
 import apiguard.keys
 import apiguard.proxies
+import apiguard.pytest_plugin
 import apiguard.ratelimit
+import apiguard.testing
 import apiguard.tokens
 
 
@@ -88,6 +90,19 @@ def test_public_api_is_pinned() -> None:
         "install",
         "require_scopes",
     ]
+    assert apiguard.testing.__all__ == [
+        "TEST_PEPPER",
+        "FakeClock",
+        "FakeIssuer",
+        "KeySpec",
+        "KeyStoreContract",
+        "make_keys",
+        "make_record",
+        "make_signing_key",
+        "override_authentication",
+        "public_jwk",
+    ]
+    assert apiguard.pytest_plugin.__all__ == ["fake_clock", "fake_issuer", "override_auth"]
 
     assert apiguard.ratelimit.__all__ == [
         "FailedAuthLimit",
@@ -111,6 +126,7 @@ def test_every_exported_name_exists_and_says_where_it_lives() -> None:
         apiguard.fastapi,
         apiguard.keys,
         apiguard.tokens,
+        apiguard.testing,
         apiguard.ratelimit,
         apiguard.proxies,
     ):

@@ -807,3 +807,31 @@ async def test_key_limits_are_checked_before_they_are_stored(hasher: KeyHasher) 
     rotated = await manager.rotate(issued.record.key_id)
     assert (rotated.record.rate_limit, rotated.record.quota) == ("5/second", "10/day")
     assert str(parse_quota("10 per day")) == "10/day"
+
+
+async def test_limits_apply_under_override_authentication(
+    key_store: CountingStore, make_client: MakeClient
+) -> None:
+    """A test that overrides authentication still meets the limits, fields and all."""
+    from apiguard.testing import override_authentication
+
+    app = guarded(key_store, RateLimits("1/minute"))
+    with override_authentication(app, key_id="K1"):
+        async with make_client(app) as client:
+            allowed = await client.get("/")
+            refused = await client.get("/")
+    assert allowed.status_code == 200
+    assert fields(allowed, "ratelimit")["1/minute"]["r"] == "0"
+    assert refused.status_code == 429
+
+
+async def test_a_store_without_update_limits_says_so(hasher: KeyHasher, tmp_path: Any) -> None:
+    """`update_limits` is optional for stores: without it, the manager says why it cannot."""
+    from examples.custom_store import JSONFileKeyStore
+
+    manager = KeyManager(JSONFileKeyStore(tmp_path / "keys.json"), hasher)
+    issued = await manager.create("x", rate_limit="5/second")
+    got = await manager.get(issued.record.key_id)
+    assert got.rate_limit == "5/second"  # set at creation, stored with the record
+    with pytest.raises(ConfigurationError, match="JSONFileKeyStore cannot change a key's limits"):
+        await manager.update_limits(issued.record.key_id, rate_limit=None, quota=None)

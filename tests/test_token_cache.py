@@ -30,10 +30,10 @@ from apiguard import (
     ConfigurationError,
     InvalidToken,
 )
+from apiguard.testing import FakeClock
 from apiguard.tokens import RedisTokenCache, TokenInfo, TokenVerifier
 from tests.servers import RedisServer
 
-from .conftest import FakeClock
 from .token_support import TableIntrospector, mint
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]

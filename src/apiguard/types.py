@@ -25,6 +25,11 @@ class KeyStore(Protocol):
 
     `apiguard.keys.BaseKeyStore` implements the listener part; `apiguard.testing`
     holds a contract test suite that any implementation can run.
+
+    Optional: `async update_limits(key_id, *, rate_limit, quota) -> KeyRecord` sets a
+    key's `rate_limit` and `quota` (`None` clears one), tells the listeners as a
+    revoke does, and raises `KeyNotFoundError` for an unknown key. The stores that
+    ship have it; `KeyManager.update_limits` and `apiguard keys update` need it.
     """
 
     async def get(self, key_id: str) -> KeyRecord | None:
@@ -54,15 +59,6 @@ class KeyStore(Protocol):
 
     async def record_usage(self, key_id: str, *, at: datetime) -> None:
         """Set the key's `last_used_at` to `at` if that is later."""
-
-    async def update_limits(
-        self, key_id: str, *, rate_limit: str | None, quota: str | None
-    ) -> KeyRecord:
-        """Set the key's `rate_limit` and `quota` (`None` clears one); return the record.
-
-        Listeners are told, as for a revoke, so that cached verifications pick up the
-        new limits. Raises `KeyNotFoundError` if there is no such key.
-        """
 
     def add_listener(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call `listener(key_id)` whenever a key is revoked or its expiry changes.

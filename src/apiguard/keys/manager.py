@@ -139,7 +139,15 @@ class KeyManager:
         default applies again). Servers pick the change up within their cache TTL,
         at once in this process and where the store pushes changes."""
         validate_limits(rate_limit, quota)
-        return await self.store.update_limits(key_id, rate_limit=rate_limit, quota=quota)
+        # Optional in the KeyStore protocol: stores written before it lack it.
+        update = getattr(self.store, "update_limits", None)
+        if update is None:
+            raise ConfigurationError(
+                f"{type(self.store).__name__} cannot change a key's limits: it has no"
+                " update_limits() (see apiguard.types.KeyStore)"
+            )
+        record: KeyRecord = await update(key_id, rate_limit=rate_limit, quota=quota)
+        return record
 
     async def revoke(self, key_id: str) -> KeyRecord:
         """Revoke `key_id` now; it is refused from the next request on."""
