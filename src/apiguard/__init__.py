@@ -18,6 +18,7 @@ from apiguard.exceptions import (
     KeyNotFoundError,
     KeyStateError,
     MissingCredentials,
+    RateLimitExceeded,
 )
 from apiguard.keys.record import KeyRecord
 from apiguard.middleware import APIKeyMiddleware, BearerTokenMiddleware
@@ -51,6 +52,7 @@ __all__ = [
     "MissingCredentials",
     "Policy",
     "Principal",
+    "RateLimitExceeded",
     "ScopeRule",
     "ScopeRules",
     "TokenIntrospector",

@@ -28,7 +28,7 @@ from apiguard.exceptions import (
 )
 from apiguard.policies import Policy, _with_head, route_path
 from apiguard.principal import ANONYMOUS, Grant
-from apiguard.types import ASGIApp, Receive, Scope, Send
+from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AuthMiddleware", "Authenticator", "GuardOptions", "Refused", "identify", "log_refusal"]
 
@@ -76,6 +76,16 @@ class Bookkeeping(Protocol):
         """Write what is pending; never raises."""
 
 
+class FailureLimit(Protocol):
+    """Limits failed authentications per client (`apiguard.ratelimit.FailedAuthLimit`)."""
+
+    async def check(self, scope: Scope) -> None:
+        """Raise `RateLimitExceeded` if the request's client failed too often."""
+
+    async def failed(self, scope: Scope) -> None:
+        """Count a failed authentication by the request's client."""
+
+
 class GuardOptions(TypedDict, total=False):
     """The options every apiguard middleware takes besides its credentials."""
 
@@ -89,6 +99,7 @@ class GuardOptions(TypedDict, total=False):
     retry_after: int
     error_response: ErrorResponseHook | None
     policies: Sequence[Policy]
+    failed_auth_limit: FailureLimit | None
 
 
 class AuthMiddleware:
@@ -141,7 +152,13 @@ class AuthMiddleware:
         policies: Checks run after authentication, in order, before the app: e.g.
             `ScopeRules([...])` for scopes by path and method. A policy's refusal
             (403 `insufficient_scope`, ...) is sent with the challenge of the
-            credential that was used.
+            credential that was used. Header fields a policy returns (the
+            `RateLimit` fields of `apiguard.ratelimit.RateLimits`) are added to the
+            app's `http.response.start`.
+        failed_auth_limit: Limits failed authentications per client address
+            (`apiguard.ratelimit.FailedAuthLimit`): checked before a credential is
+            looked up, a 401 for a bad credential counted after. Over the limit,
+            429 with `Retry-After`, and the store is not asked.
 
     Raises:
         ConfigurationError: The options are wrong. When the middleware is made inside
@@ -169,6 +186,7 @@ class AuthMiddleware:
         retry_after: int = 5,
         error_response: ErrorResponseHook | None = None,
         policies: Sequence[Policy] = (),
+        failed_auth_limit: FailureLimit | None = None,
     ) -> None:
         if not authenticators:
             raise ConfigurationError("at least one authenticator is required")
@@ -201,6 +219,7 @@ class AuthMiddleware:
         self._optional = optional
         self._hide = hide_credentials
         self._policies = tuple(policies)
+        self._failures = failed_auth_limit
         # An authenticator with an optional `bookkeeping` (APIKeyAuth) has writes
         # that wait until a response is out, so that no answer waits on them.
         self._bookkeeping: tuple[Bookkeeping, ...] = tuple(
@@ -246,9 +265,15 @@ class AuthMiddleware:
             await self._overridden(overridden, scope, receive, send)
             return
 
+        added: list[tuple[bytes, bytes]] = []
         try:
             grant, authenticator = await identify(
-                self._authenticators, scope, optional=self._optional, policies=self._policies
+                self._authenticators,
+                scope,
+                optional=self._optional,
+                policies=self._policies,
+                failures=self._failures,
+                fields=added,
             )
         except Refused as refused:
             await self._refuse(refused.error, refused.authenticator, scope, receive, send)
@@ -265,6 +290,8 @@ class AuthMiddleware:
             )
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
+        if added and scope["type"] == "http":
+            send = _adding_headers(send, added)
         try:
             await self.app(scope, receive, send)
         except AuthError as exc:
@@ -282,9 +309,14 @@ class AuthMiddleware:
         the credentials; policies and route-level checks still apply."""
         authenticator = self._authenticators[0]
         try:
+            added: list[tuple[bytes, bytes]] = []
             for policy in self._policies:
-                await policy.check(grant[0], scope)
+                fields = await policy.check(grant[0], scope)
+                if fields:
+                    added.extend(fields)
             scope["user"], scope["auth"] = grant
+            if added and scope["type"] == "http":
+                send = _adding_headers(send, added)
             await self.app(scope, receive, send)
         except AuthError as exc:
             await self._refuse(exc, authenticator, scope, receive, send)
@@ -327,10 +359,15 @@ async def identify(
     *,
     optional: bool,
     policies: Sequence[Policy],
+    failures: FailureLimit | None = None,
+    fields: list[tuple[bytes, bytes]] | None = None,
 ) -> tuple[Grant, Authenticator | None]:
     """Find the request's one credential, check it and run the policies.
 
     The pipeline of `AuthMiddleware`, also run per route by `apiguard.fastapi.Guard`.
+    With `failures`, a credential is checked only while its client has not failed
+    too often, and a 401 for a bad credential is counted. Response header fields
+    the policies return are appended to `fields`, if given.
 
     Returns:
         The grant, and the authenticator whose credential was used (`None` for the
@@ -356,10 +393,21 @@ async def identify(
                 raise MissingCredentials
             grant = _ANONYMOUS_GRANT
         else:
+            if failures is not None:
+                await failures.check(scope)  # before the store is asked
             grant = await authenticator.authenticate(credential)
         for policy in policies:
-            await policy.check(grant[0], scope)
+            added = await policy.check(grant[0], scope)
+            if added and fields is not None:
+                fields.extend(added)
     except ApiGuardError as exc:
+        if (
+            failures is not None
+            and isinstance(exc, AuthError)
+            and exc.status_code == 401
+            and exc.error is not None  # a bad credential, not a missing one
+        ):
+            await _count_failure(failures, scope)
         raise Refused(exc, authenticator or attempted) from None
     except Exception as exc:
         # Fail closed: a bug or an unexpected driver error is never a 500 or a pass.
@@ -393,6 +441,24 @@ def _loggable(value: object) -> str:
     # log record: line breaks and other unprintable characters are backslash-escaped.
     text = str(value)
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+async def _count_failure(failures: FailureLimit, scope: Scope) -> None:
+    try:
+        await failures.failed(scope)
+    except Exception:  # the refusal goes out anyway; the outage is logged
+        logger.exception("could not count a failed authentication")
+
+
+def _adding_headers(send: Send, fields: list[tuple[bytes, bytes]]) -> Send:
+    """`send` that adds `fields` to the response start; every other message unchanged."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *fields]}
+        await send(message)
+
+    return sending
 
 
 def _is_preflight(scope: Scope) -> bool:
