@@ -10,9 +10,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -23,8 +24,10 @@ _IO_TIMEOUT = 10.0
 
 
 @contextmanager
-def serve(app: ASGIApp) -> Iterator[int]:
+def serve(app: ASGIApp, options: Mapping[str, Any] | None = None) -> Iterator[int]:
     """Serve `app` with uvicorn on 127.0.0.1, on a port the OS picks; yields the port.
+
+    `options` go to `uvicorn.Config` (TLS files, say).
 
     The server runs in a thread with its own event loop. It is ready when the
     context is entered (uvicorn's `started` flag is polled) and stopped, its
@@ -41,6 +44,7 @@ def serve(app: ASGIApp) -> Iterator[int]:
         lifespan="off",
         log_config=None,
         access_log=False,
+        **(options or {}),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
