@@ -88,3 +88,7 @@ def test_external_origin_from_scope() -> None:
 def test_request_url_keeps_root_path_and_encodes_the_path() -> None:
     scope = _scope(path="/api/items/a b", root_path="/api")
     assert request_url(scope, "https://h/") == "https://h/api/items/a%20b"
+    # A server that leaves the root path out of `path`.
+    assert request_url(_scope(path="/items", root_path="/api"), "https://h") == (
+        "https://h/api/items"
+    )

@@ -69,8 +69,15 @@ def external_origin(scope: Scope) -> str:
 
 
 def request_url(scope: Scope, origin: str) -> str:
-    """`origin` followed by the request path (root path included), without the query."""
+    """`origin` followed by the request path (root path included), without the query.
+
+    ASGI servers put the root path at the start of `path`; one that does not (older
+    servers did not) gets it added.
+    """
     path: str = scope.get("path", "/")
+    root: str = scope.get("root_path", "")
+    if root and not path.startswith(root):
+        path = root + path
     return origin.rstrip("/") + quote(path, safe=_PATH_SAFE)
 
 
