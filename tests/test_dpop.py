@@ -524,6 +524,18 @@ def _array_claims() -> str:
     return jwt.api_jws.encode(b"[]", CLIENT_KEY, algorithm="ES256", headers=header)
 
 
+def _signed_payload(payload: bytes) -> str:
+    import jwt
+
+    header = {"typ": "dpop+jwt", "jwk": jwk_of(CLIENT_KEY)}
+    return jwt.api_jws.encode(payload, CLIENT_KEY, algorithm="ES256", headers=header)
+
+
+def _bad_signature_encoding() -> str:
+    header, claims, _ = proof(TOKEN).split(".")
+    return f"{header}.{claims}.A"  # not base64url of anything
+
+
 def _no_jwk() -> str:
     import jwt
 
@@ -537,6 +549,8 @@ def _no_jwk() -> str:
         pytest.param(_small_rsa_proof, "too small", id="rsa-1024"),
         pytest.param(_array_claims, "not an object", id="claims-array"),
         pytest.param(_no_jwk, "no jwk", id="no-jwk"),
+        pytest.param(lambda: _signed_payload(b"not json"), "not JSON", id="claims-not-json"),
+        pytest.param(_bad_signature_encoding, "signature", id="signature-not-base64url"),
         pytest.param(lambda: "bm90IGpzb24.e30.c2ln", "not JSON", id="header-not-json"),
     ],
 )

@@ -23,8 +23,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-from jwt.exceptions import PyJWKError, PyJWTError
+from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.exceptions import PyJWTError
 
 from apiguard._origin import normalize_url
 from apiguard.exceptions import ConfigurationError, InvalidDPoPProof, UseDPoPNonce
@@ -182,7 +182,9 @@ class DPoPProofChecker:
         self.max_age = max_age
         self.clock_skew = clock_skew
         self.nonces = nonces
-        self._jws = jwt.PyJWS()
+        # PyJWT's implementations, used directly: the proof's form is checked here.
+        supported = get_default_algorithms()
+        self._algorithms: dict[str, Algorithm] = {name: supported[name] for name in self.algorithms}
 
     @property
     def replay_window(self) -> float:
@@ -214,16 +216,25 @@ class DPoPProofChecker:
         jwk = header.get("jwk")
         if not isinstance(jwk, dict):
             raise InvalidDPoPProof(reason="no jwk")
-        key = self._key(jwk, alg)
+        algorithm = self._algorithms[alg]
+        key, jkt = self._key(jwk, alg, algorithm)
+        header_part, payload_part, signature_part = proof.split(b".")
         try:
-            decoded = self._jws.decode_complete(proof, key, algorithms=[alg])
-            claims = json.loads(decoded["payload"])
-        except (PyJWTError, ValueError) as exc:
-            raise InvalidDPoPProof(reason=f"signature: {type(exc).__name__}") from None
+            valid = algorithm.verify(
+                header_part + b"." + payload_part, key, _b64decode(signature_part)
+            )
+        except (PyJWTError, ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise InvalidDPoPProof(reason="signature does not verify")
+        try:
+            claims = json.loads(_b64decode(payload_part))
+        except (binascii.Error, ValueError):
+            raise InvalidDPoPProof(reason="claims are not JSON") from None
         if not isinstance(claims, dict):
             raise InvalidDPoPProof(reason="claims are not an object")
         jti = self._claims(claims, method=method, url=url, token=token, now=now)
-        return ProofResult(jkt=jwk_thumbprint(jwk), jti=jti)
+        return ProofResult(jkt=jkt, jti=jti)
 
     def _header(self, proof: bytes) -> dict[str, Any]:
         segment = proof.partition(b".")[0]
@@ -235,20 +246,20 @@ class DPoPProofChecker:
             raise InvalidDPoPProof(reason="header is not an object")
         return header
 
-    def _key(self, jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
+    def _key(self, jwk: dict[str, Any], alg: str, algorithm: Algorithm) -> tuple[Any, str]:
         if _PRIVATE_MEMBERS & jwk.keys():
             raise InvalidDPoPProof(reason="jwk holds a private key")  # RFC 9449 §4.3 check 7
         kty, curves = _KEY_TYPES[alg]
         if jwk.get("kty") != kty or (curves is not None and jwk.get("crv") not in curves):
             raise InvalidDPoPProof(reason="jwk does not fit alg")
         try:
-            jwk_thumbprint(jwk)
-            key = jwt.PyJWK(jwk, algorithm=alg)
-        except (PyJWKError, PyJWTError, ValueError, TypeError):
+            jkt = jwk_thumbprint(jwk)
+            key = algorithm.from_jwk(jwk)
+        except (PyJWTError, ValueError, TypeError, KeyError):
             raise InvalidDPoPProof(reason="jwk is not a valid key") from None
-        if kty == "RSA" and getattr(key.key, "key_size", 0) < _MIN_RSA_BITS:
+        if kty == "RSA" and getattr(key, "key_size", 0) < _MIN_RSA_BITS:
             raise InvalidDPoPProof(reason="RSA key too small")
-        return key
+        return key, jkt
 
     def _claims(
         self, claims: dict[str, Any], *, method: str, url: str, token: bytes, now: float
