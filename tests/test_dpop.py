@@ -466,7 +466,7 @@ def test_websocket_proof_uses_get_and_http_url() -> None:
             assert websocket.receive_text() == "svc"
         wrong = dpop(TOKEN, proof(TOKEN, htu="http://testserver/ws", htm="POST"))
         with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws", headers=wrong):
-            pass
+            pytest.fail("a proof for POST opened a websocket")
 
 
 def test_configuration_errors() -> None:

@@ -139,6 +139,17 @@ def _xfcc(pem: str) -> str:
         pytest.param(PROXY, [("x-client-cert", quote(OTHER_CERT))], 401, id="other-cert"),
         pytest.param(PROXY, [], 401, id="no-header"),
         pytest.param(PROXY, [("x-client-cert", "garbage")], 401, id="garbage"),
+        pytest.param(
+            PROXY,
+            [
+                (
+                    "x-client-cert",
+                    quote("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"),
+                )
+            ],
+            401,
+            id="malformed-pem",
+        ),
         pytest.param(PROXY, [("x-client-cert", "-" * 20000)], 401, id="oversized"),
         pytest.param(
             PROXY,
