@@ -24,8 +24,8 @@ _IO_TIMEOUT = 10.0
 
 
 @contextmanager
-def serve(app: ASGIApp, options: Mapping[str, Any] | None = None) -> Iterator[int]:
-    """Serve `app` with uvicorn on 127.0.0.1, on a port the OS picks; yields the port.
+def serve(app: ASGIApp, options: Mapping[str, Any] | None = None, port: int = 0) -> Iterator[int]:
+    """Serve `app` with uvicorn on 127.0.0.1, on `port` or one the OS picks; yields the port.
 
     `options` go to `uvicorn.Config` (TLS files, say).
 
@@ -34,18 +34,17 @@ def serve(app: ASGIApp, options: Mapping[str, Any] | None = None) -> Iterator[in
     connections closed, when the context exits.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        loop="asyncio",
-        http="h11",
-        ws="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        **(options or {}),
-    )
+    sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    settings: dict[str, Any] = {
+        "loop": "asyncio",
+        "http": "h11",
+        "ws": "none",
+        "lifespan": "off",
+        "log_config": None,
+        "access_log": False,
+    }
+    config = uvicorn.Config(app, **(settings | dict(options or {})))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

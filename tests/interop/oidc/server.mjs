@@ -101,7 +101,10 @@ const provider = new Provider(issuer, {
       defaultResource: async () => `${API}/rs256`,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (ctx, resourceIndicator) => {
-        const resource = resources[resourceIndicator];
+        // The MCP example (examples/mcp_server.py) on a loopback port is its own resource.
+        const mcp = /^http:\/\/127\.0\.0\.1:\d+\/mcp$/.test(resourceIndicator);
+        const resource = resources[resourceIndicator]
+          ?? (mcp ? { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'ES256' } } } : undefined);
         if (!resource) throw new errors.InvalidTarget();
         return { scope: 'items:read items:write', audience: resourceIndicator, accessTokenTTL: 300, ...resource };
       },
