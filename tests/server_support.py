@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +24,15 @@ _IO_TIMEOUT = 10.0
 
 
 @contextmanager
-def serve(app: ASGIApp, options: Mapping[str, Any] | None = None, port: int = 0) -> Iterator[int]:
+def serve(app: ASGIApp, *, port: int = 0, **options: Any) -> Iterator[int]:
     """Serve `app` with uvicorn on 127.0.0.1, on `port` or one the OS picks; yields the port.
 
-    `options` go to `uvicorn.Config` (TLS files, say).
+    `options` go to `uvicorn.Config` (TLS files, `lifespan="on"`, say).
 
     The server runs in a thread with its own event loop. It is ready when the
     context is entered (uvicorn's `started` flag is polled) and stopped, its
-    connections closed, when the context exits.
+    connections closed, when the context exits. `options` are more
+    `uvicorn.Config` arguments (`ssl_certfile`, ...).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", port))
@@ -44,7 +45,7 @@ def serve(app: ASGIApp, options: Mapping[str, Any] | None = None, port: int = 0)
         "log_config": None,
         "access_log": False,
     }
-    config = uvicorn.Config(app, **(settings | dict(options or {})))
+    config = uvicorn.Config(app, **(settings | options))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

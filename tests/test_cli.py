@@ -404,6 +404,7 @@ STORE_COMMANDS = {
     "show": ["K" * 12],
     "revoke": ["K" * 12],
     "rotate": ["K" * 12],
+    "check": ["apg_KKKKKKKKKKKK_key"],
 }
 
 

@@ -311,7 +311,7 @@ def test_uvicorn_tls_does_not_fill_the_tls_extension(tmp_path: Path) -> None:
         )
         await guarded(scope, receive, send)
 
-    options = {
+    options: dict[str, Any] = {
         "ssl_certfile": server_files[0],
         "ssl_keyfile": server_files[1],
         "ssl_ca_certs": ca_file,
@@ -320,7 +320,7 @@ def test_uvicorn_tls_does_not_fill_the_tls_extension(tmp_path: Path) -> None:
     context = ssl.create_default_context(cafile=ca_file)
     context.load_cert_chain(*client_files)
     anonymous = ssl.create_default_context(cafile=ca_file)
-    with serve(app, options) as port:
+    with serve(app, **options) as port:
         url = f"https://127.0.0.1:{port}/"
         response = httpx.get(url, headers={"authorization": "Bearer bound"}, verify=context)
         with pytest.raises(httpx.HTTPError):  # the server requires a client certificate

@@ -12,7 +12,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apiguard import _credentials
 from apiguard._cache import CacheOptions
@@ -29,6 +29,9 @@ from apiguard.tokens.mtls import ClientCertificates
 from apiguard.tokens.replay import MemoryReplayStore, ReplayStore
 from apiguard.tokens.verifier import TokenVerifier
 from apiguard.types import KeyStore, Scope, TokenIntrospector
+
+if TYPE_CHECKING:
+    from apiguard.tokens.shared_cache import RedisTokenCache
 
 __all__ = ["APIKeyAuth", "BearerAuth", "DPoPAuth"]
 
@@ -51,6 +54,10 @@ class APIKeyAuth:
         deadline: Seconds one key lookup may take in all (store read and hash
             check); past it the request gets 503 with `Retry-After`.
 
+    Attributes:
+        header_names: The headers the key is read from, as configured.
+        query_param: The query parameter the key may come in, or `None`.
+
     Writes that only keep books (a key's last use, a hash migrated to the default
     scheme) are made after the response is sent, never while a request waits
     (`bookkeeping.flush()`, called by the middleware).
@@ -60,7 +67,16 @@ class APIKeyAuth:
     challenge_params: tuple[tuple[str, str], ...] = ()
     confirm: Confirm | None = None
 
-    __slots__ = ("_headers", "_query_param", "authenticate", "bookkeeping", "extract", "verifier")
+    __slots__ = (
+        "_headers",
+        "_query_param",
+        "authenticate",
+        "bookkeeping",
+        "extract",
+        "header_names",
+        "query_param",
+        "verifier",
+    )
 
     def __init__(
         self,
@@ -90,6 +106,9 @@ class APIKeyAuth:
         self.bookkeeping = self.verifier
         self._headers = headers
         self._query_param = query_param
+        # As configured, for documents that describe the API (OpenAPI's apiKey scheme).
+        self.header_names: tuple[str, ...] = tuple(dict.fromkeys(n.strip() for n in header_names))
+        self.query_param = query_param
         # Bound once: the hot path makes one call to find the key and one to check it.
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
         self.extract: Callable[[Scope], bytes | None] = (
@@ -123,6 +142,9 @@ class BearerAuth:
         cache: Verification cache sizes and lifetimes; a grant never outlives `exp`.
         resource_metadata: The URL of this API's protected resource metadata
             (RFC 9728 §5.1), added to every `Bearer` challenge.
+        token_cache: A verdict cache shared by every process, so that a new opaque
+            token is introspected once in all: a `RedisTokenCache`, or a Redis URL
+            for `RedisTokenCache.from_url` (docs/token-cache.md).
         certificates: Where client certificates are found, for
             certificate-bound tokens (`apiguard.tokens.ClientCertificates`).
     """
@@ -144,9 +166,10 @@ class BearerAuth:
         *,
         cache: CacheOptions | None = None,
         resource_metadata: str | None = None,
+        token_cache: RedisTokenCache | str | None = None,
         certificates: ClientCertificates | None = None,
     ) -> None:
-        self.verifier = _verifier(introspector, cache)
+        self.verifier = _verifier(introspector, cache, token_cache)
         self.certificates = certificates
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
         self.extract: Callable[[Scope], bytes | None] = _credentials.read_bearer
@@ -157,15 +180,7 @@ class BearerAuth:
             self.challenge_params = (("resource_metadata", resource_metadata),)
 
     async def _confirm(self, grant: Grant, token: bytes, scope: Scope) -> None:
-        claims = grant[0].claims
-        if "cnf" not in claims and "token_type" not in claims:  # the common case
-            return
-        cnf = _cnf(claims)
-        token_type = claims.get("token_type")
-        if "jkt" in cnf or (isinstance(token_type, str) and token_type.lower() == "dpop"):
-            # RFC 9449 §7.2: a DPoP-bound token presented as a bearer token.
-            raise InvalidToken(reason="DPoP-bound token presented as Bearer")
-        _check_certificate(cnf, self.certificates, scope)
+        check_bearer_binding(grant[0].claims, self.certificates, scope)
 
     def strip(self, scope: Scope) -> None:
         """Remove the Authorization header from the request the app sees."""
@@ -188,6 +203,8 @@ class DPoPAuth:
         introspector: Verifies tokens, as for `BearerAuth`; or the `verifier` of a
             `BearerAuth`, to share one cache between both schemes.
         cache: Verification cache options, when `introspector` is not a verifier.
+        token_cache: A verdict cache shared by every process (`RedisTokenCache` or
+            a Redis URL), when `introspector` is not a verifier.
         algorithms: Proof signature algorithms accepted (asymmetric only).
         max_age: Seconds a proof is accepted after its `iat`.
         clock_skew: Seconds a proof's `iat` may be ahead of this server's clock.
@@ -225,6 +242,7 @@ class DPoPAuth:
         introspector: TokenIntrospector | TokenVerifier,
         *,
         cache: CacheOptions | None = None,
+        token_cache: RedisTokenCache | str | None = None,
         algorithms: Collection[str] = DEFAULT_DPOP_ALGORITHMS,
         max_age: float = 60.0,
         clock_skew: float = 5.0,
@@ -238,7 +256,7 @@ class DPoPAuth:
     ) -> None:
         if public_url is not None and origin is not None:
             raise ConfigurationError("pass either public_url or origin, not both")
-        self.verifier = _verifier(introspector, cache)
+        self.verifier = _verifier(introspector, cache, token_cache)
         self.checker = DPoPProofChecker(
             algorithms=algorithms, max_age=max_age, clock_skew=clock_skew, nonces=nonces
         )
@@ -297,13 +315,39 @@ class DPoPAuth:
 
 
 def _verifier(
-    introspector: TokenIntrospector | TokenVerifier, cache: CacheOptions | None
+    introspector: TokenIntrospector | TokenVerifier,
+    cache: CacheOptions | None,
+    token_cache: RedisTokenCache | str | None,
 ) -> TokenVerifier:
     if isinstance(introspector, TokenVerifier):
-        if cache is not None:
-            raise ConfigurationError("cache is set on the shared verifier, not here")
+        if cache is not None or token_cache is not None:
+            raise ConfigurationError("cache and token_cache are set on the shared verifier")
         return introspector
-    return TokenVerifier(introspector, cache=cache)
+    if isinstance(token_cache, str):
+        from apiguard.tokens.shared_cache import RedisTokenCache
+
+        token_cache = RedisTokenCache.from_url(token_cache)
+    return TokenVerifier(introspector, cache=cache, token_cache=token_cache)
+
+
+def check_bearer_binding(
+    claims: Mapping[str, Any], certificates: ClientCertificates | None, scope: Scope
+) -> None:
+    """Refuse a sender-constrained token presented as a plain bearer token.
+
+    A DPoP-bound one always (RFC 9449 §7.2); a certificate-bound one unless the
+    request's certificate, found by `certificates`, is the bound one (RFC 8705 §3).
+
+    Raises:
+        InvalidToken: The token is bound to something the request does not prove.
+    """
+    if "cnf" not in claims and "token_type" not in claims:  # the common case
+        return
+    cnf = _cnf(claims)
+    token_type = claims.get("token_type")
+    if "jkt" in cnf or (isinstance(token_type, str) and token_type.lower() == "dpop"):
+        raise InvalidToken(reason="DPoP-bound token presented as Bearer")
+    _check_certificate(cnf, certificates, scope)
 
 
 def _read_dpop(scope: Scope) -> bytes | None:

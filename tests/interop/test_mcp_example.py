@@ -69,7 +69,7 @@ async def test_mcp_example(
 ) -> None:
     resource = f"http://127.0.0.1:{port}/mcp"
     token = token_for(authorization_server, resource)
-    with serve(example.app, {"lifespan": "on"}, port) as served:
+    with serve(example.app, port=port, lifespan="on") as served:
         base = f"http://127.0.0.1:{served}"
         async with httpx.AsyncClient(base_url=base) as plain:
             metadata = await plain.get("/.well-known/oauth-protected-resource/mcp")
