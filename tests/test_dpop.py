@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from apiguard import AuthMiddleware, BearerAuth, DPoPAuth, ProtectedResourceMetadata
+from apiguard.proxies import TrustedProxies
 from apiguard.tokens import DPoPNonces, MemoryReplayStore, RedisReplayStore, TokenInfo
 
 from .conftest import MakeClient
@@ -582,3 +583,23 @@ def test_redis_replay_store_bad_url() -> None:
 
     with pytest.raises(ConfigurationError):
         RedisReplayStore.from_url("nonsense://x")
+
+
+@pytest.mark.parametrize(("trusted", "expected"), [(["127.0.0.1"], 200), (["10.0.0.1"], 401)])
+async def test_htu_behind_trusted_proxies_is_the_url_the_client_used(
+    make_client: MakeClient, trusted: list[str], expected: int
+) -> None:
+    """RFC 9449 §4.3 check 9 behind a proxy: the forwarded scheme and host count only
+    when the peer (httpx's ASGI transport: 127.0.0.1) is a trusted proxy."""
+    forwarded = {
+        "x-forwarded-for": "203.0.113.9",
+        "x-forwarded-proto": "https",
+        "x-forwarded-host": "api.example",
+    }
+    htu = "https://api.example/"
+    app = guarded(origin=TrustedProxies(trusted).origin)
+    async with make_client(app) as client:
+        response = await client.get(
+            "/", headers={**dpop(TOKEN, proof(TOKEN, htu=htu)), **forwarded}
+        )
+    assert response.status_code == expected

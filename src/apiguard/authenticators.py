@@ -214,8 +214,9 @@ class DPoPAuth:
         public_url: The external base URL of the API (`https://api.example`, with
             any path prefix a proxy adds); by default the origin is taken from the
             request's scheme and `Host` header (`apiguard._origin.external_origin`).
-        origin: `origin(scope) -> "https://host"`, instead of `public_url`: the seam
-            for a trusted-proxy policy (`Forwarded`, `X-Forwarded-*`).
+        origin: `origin(scope) -> "https://host"`, instead of `public_url`; behind
+            your own proxies, `TrustedProxies([...]).origin` (`apiguard.proxies`),
+            which believes `Forwarded` / `X-Forwarded-*` only from those proxies.
         certificates: Where client certificates are found, for tokens bound to a
             certificate as well (`cnf."x5t#S256"`).
         resource_metadata: The protected resource metadata URL (RFC 9728 §5.1),
