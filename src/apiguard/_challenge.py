@@ -114,7 +114,7 @@ class ErrorResponder:
             return _Refusal(503, UNAVAILABLE_ERROR, UNAVAILABLE_DESCRIPTION, headers)
         if isinstance(error, RateLimitExceeded):
             # Not a credential problem: no challenge (RFC 6585 §4: 429 with Retry-After).
-            headers = list(error.headers)
+            headers = []
         elif error.error is None or scheme is None:
             headers = list(self._bare)
         else:
