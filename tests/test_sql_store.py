@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from apiguard import BackendUnavailableError, ConfigurationError, KeyStateError
 from apiguard.keys import open_store
 from apiguard.keys import sql as sql_module
+from apiguard.keys._sql_usage import usage_metadata
 from apiguard.keys.sql import SQLKeyStore, keys_table, schema_table
 from apiguard.testing import make_record
 from tests.servers import PostgresServer, free_port
@@ -40,7 +41,7 @@ async def versions(url: str) -> list[tuple[str, int]]:
     try:
         async with engine.connect() as conn:
             result = await conn.execute(sa.select(schema_table.c.component, schema_table.c.version))
-            return [(row[0], row[1]) for row in result]
+            return sorted((row[0], row[1]) for row in result)
     finally:
         await engine.dispose()
 
@@ -58,10 +59,13 @@ async def run_sql(url: str, action: Callable[[sa.Connection], object]) -> None:
 
 
 async def test_a_new_database_records_the_schema_version(sql_url: str) -> None:
-    """The first use creates both tables and records the version this apiguard makes."""
+    """The first use creates the tables and records the versions this apiguard makes."""
     async with SQLKeyStore.from_url(sql_url) as store:
         assert await store.list() == []
-    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+    assert await versions(sql_url) == [
+        ("keys", sql_module.schema_version()),
+        ("usage", sql_module.schema_version("usage")),
+    ]
 
 
 async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> None:
@@ -73,7 +77,7 @@ async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> N
     )
     async with SQLKeyStore.from_url(sql_url) as store:
         assert await store.get("K" * 12) == make_record()
-    assert await versions(sql_url) == [("keys", 1)]
+    assert await versions(sql_url) == [("keys", 1), ("usage", 1)]
 
 
 async def test_a_newer_schema_is_refused(sql_url: str) -> None:
@@ -107,7 +111,7 @@ async def test_upgrades_run_once_when_workers_start_together(
         await asyncio.gather(*(s.aclose() for s in stores))
     assert found == [make_record()] * 6
     assert ran == [1]
-    assert await versions(sql_url) == [("keys", 2)]
+    assert await versions(sql_url) == [("keys", 2), ("usage", 1)]
 
 
 async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
@@ -123,8 +127,9 @@ async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
         finally:
             await asyncio.gather(*(s.aclose() for s in stores))
         assert results == [[]] * 8
-        assert await versions(sql_url) == [("keys", 1)]
+        assert await versions(sql_url) == [("keys", 1), ("usage", 1)]
         await run_sql(sql_url, lambda conn: sql_module._metadata.drop_all(conn))
+        await run_sql(sql_url, lambda conn: usage_metadata.drop_all(conn))
 
 
 async def test_times_in_other_zones_come_back_in_utc(sql_url: str) -> None:

@@ -20,10 +20,11 @@ from apiguard.exceptions import (
     MissingCredentials,
 )
 from apiguard.keys.record import KeyRecord
+from apiguard.keys.usage import UsageOptions
 from apiguard.middleware import APIKeyMiddleware, BearerTokenMiddleware
 from apiguard.policies import Policy, ScopeRule, ScopeRules
 from apiguard.principal import ANONYMOUS, CredentialKind, Principal
-from apiguard.types import KeyStore, TokenIntrospector
+from apiguard.types import KeyStore, TokenIntrospector, UsageStore
 
 __version__ = "0.1.0"
 
@@ -54,6 +55,8 @@ __all__ = [
     "ScopeRule",
     "ScopeRules",
     "TokenIntrospector",
+    "UsageOptions",
+    "UsageStore",
     "__version__",
     "requires_scopes",
 ]
