@@ -27,7 +27,7 @@ from apiguard.exceptions import (
 )
 from apiguard.policies import Policy, _with_head, route_path
 from apiguard.principal import ANONYMOUS, Grant
-from apiguard.types import ASGIApp, Receive, Scope, Send
+from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AuthMiddleware", "Authenticator", "GuardOptions"]
 
@@ -73,6 +73,18 @@ class Bookkeeping(Protocol):
 
     async def flush(self) -> None:
         """Write what is pending; never raises."""
+
+
+class Counter(Protocol):
+    """Counts the requests an authenticator's credentials were let through for."""
+
+    pending: bool
+
+    def count(self, key_id: str) -> None:
+        """Count one request of `key_id`; no I/O."""
+
+    async def flush(self) -> None:
+        """Write the counts; never raises."""
 
 
 class GuardOptions(TypedDict, total=False):
@@ -200,13 +212,20 @@ class AuthMiddleware:
         self._optional = optional
         self._hide = hide_credentials
         self._policies = tuple(policies)
-        # An authenticator with an optional `bookkeeping` (APIKeyAuth) has writes
-        # that wait until a response is out, so that no answer waits on them.
+        # An authenticator with an optional `bookkeeping` or `usage` (APIKeyAuth) has
+        # writes that wait until a response is out, so that no answer waits on them.
         self._bookkeeping: tuple[Bookkeeping, ...] = tuple(
             keeper
             for each in self._authenticators
-            if (keeper := getattr(each, "bookkeeping", None)) is not None
+            for part in ("bookkeeping", "usage")
+            if (keeper := getattr(each, part, None)) is not None
         )
+        # `usage.count(identity)` for each request let through with its credential.
+        self._counters: dict[Authenticator, Callable[[str], None]] = {}
+        for each in self._authenticators:
+            counter: Counter | None = getattr(each, "usage", None)
+            if counter is not None:
+                self._counters[each] = counter.count
         self._responder = ErrorResponder(
             schemes=[(a.scheme, a.challenge_params) for a in self._authenticators],
             realm=realm,
@@ -220,6 +239,8 @@ class AuthMiddleware:
             await self._setup_failure(self.app, scope, receive, send)
             return
         if scope["type"] not in _GUARDED:  # lifespan and anything else: untouched
+            if scope["type"] == "lifespan" and self._bookkeeping:
+                receive = self._flush_at_shutdown(receive)
             await self.app(scope, receive, send)
             return
         try:
@@ -271,6 +292,10 @@ class AuthMiddleware:
             return
 
         scope["user"], scope["auth"] = grant
+        if self._counters and authenticator is not None:
+            count = self._counters.get(authenticator)
+            if count is not None:  # authenticated and let through: a request to count
+                count(grant[0].identity)
         if logger.isEnabledFor(logging.DEBUG):
             principal = grant[0]
             logger.debug(
@@ -292,6 +317,22 @@ class AuthMiddleware:
         for keeper in self._bookkeeping:  # the response is out: nobody waits on this
             if keeper.pending:
                 await keeper.flush()
+
+    def _flush_at_shutdown(self, receive: Receive) -> Receive:
+        """`receive` for the lifespan: pending writes are flushed at shutdown.
+
+        Before the app sees `lifespan.shutdown`, so before its own shutdown code
+        closes the store; the server has finished its requests by then.
+        """
+
+        async def receive_and_flush() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                for keeper in self._bookkeeping:
+                    await keeper.flush()
+            return message
+
+        return receive_and_flush
 
     def _excluded(self, scope: Scope) -> bool:
         if scope.get("method") in self._methods:

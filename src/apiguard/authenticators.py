@@ -16,6 +16,7 @@ from apiguard.exceptions import ConfigurationError
 from apiguard.keys import open_store
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
+from apiguard.keys.usage import UsageOptions, UsageRecorder
 from apiguard.keys.verifier import KeyVerifier
 from apiguard.principal import Grant
 from apiguard.tokens._http import check_url
@@ -38,17 +39,29 @@ class APIKeyAuth:
         prefixes: Key prefixes accepted.
         cache: Verification cache sizes and lifetimes (`CacheOptions`).
         deadline: Seconds one key lookup may take in all (store read and hash
-            check); past it the request gets 503 with `Retry-After`.
+            check); past it the request gets 503 with `Retry-After`. A write of
+            usage counts gets the same time.
+        usage: Count the requests each key authenticates, per hour and day, and its
+            last use (`UsageOptions`: how often they are written, how many may
+            wait); `False` keeps neither. See docs/usage.md.
 
-    Writes that only keep books (a key's last use, a hash migrated to the default
-    scheme) are made after the response is sent, never while a request waits
-    (`bookkeeping.flush()`, called by the middleware).
+    Writes that only keep books (request counts and last use, a hash migrated to the
+    default scheme) are made after the response is sent, never while a request waits
+    (`bookkeeping.flush()` and `usage.flush()`, called by the middleware).
     """
 
     scheme = "ApiKey"
     challenge_params: tuple[tuple[str, str], ...] = ()
 
-    __slots__ = ("_headers", "_query_param", "authenticate", "bookkeeping", "extract", "verifier")
+    __slots__ = (
+        "_headers",
+        "_query_param",
+        "authenticate",
+        "bookkeeping",
+        "extract",
+        "usage",
+        "verifier",
+    )
 
     def __init__(
         self,
@@ -61,6 +74,7 @@ class APIKeyAuth:
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
         deadline: float = 5.0,
+        usage: UsageOptions | bool = True,
     ) -> None:
         if hasher is not None and pepper is not None:
             raise ConfigurationError("pass either pepper or hasher, not both")
@@ -76,6 +90,11 @@ class APIKeyAuth:
             deadline=deadline,
         )
         self.bookkeeping = self.verifier
+        self.usage: UsageRecorder | None = None
+        """Counts the requests each key authenticated; `None` with `usage=False`."""
+        if usage is not False:
+            options = usage if isinstance(usage, UsageOptions) else None
+            self.usage = UsageRecorder(key_store, options, deadline=deadline)
         self._headers = headers
         self._query_param = query_param
         # Bound once: the hot path makes one call to find the key and one to check it.
