@@ -203,8 +203,8 @@ class UsageRecorder:
         seen = counts.get(key_id)
         if seen is not None:
             counts[key_id] = seen + 1
-        elif len(counts) + self._held < self._max:
-            counts[key_id] = 1
+        elif len(counts) + self._held < self._max or (key_id, self._hour) in self._pending:
+            counts[key_id] = 1  # a key whose counts wait already takes no more room
         else:
             self._dropped += 1
             self.pending = not self._flushing  # write early, to make room
