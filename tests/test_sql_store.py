@@ -20,6 +20,7 @@ from apiguard.keys import open_store
 from apiguard.keys import sql as sql_module
 from apiguard.keys._sql_usage import usage_metadata
 from apiguard.keys.sql import SQLKeyStore, keys_table, schema_table
+from apiguard.keys.usage import UsageBatch, UsageBucket, bucket_start
 from apiguard.testing import make_record
 from tests.servers import PostgresServer, free_port
 
@@ -78,6 +79,65 @@ async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> N
     async with SQLKeyStore.from_url(sql_url) as store:
         assert await store.get("K" * 12) == make_record()
     assert await versions(sql_url) == [("keys", 1), ("usage", 1)]
+
+
+async def test_a_database_without_the_usage_table_gets_it_on_open(sql_url: str) -> None:
+    """A database made before request counts (keys version 1 recorded, no usage table)
+    gets the usage table, recorded as its own component, and counts at once."""
+    await run_sql(sql_url, sql_module._metadata.create_all)
+    await run_sql(
+        sql_url,
+        lambda conn: conn.execute(sa.insert(schema_table).values(component="keys", version=1)),
+    )
+    await run_sql(
+        sql_url,
+        lambda conn: conn.execute(sa.insert(keys_table).values(sql_module._to_row(make_record()))),
+    )
+    day = bucket_start(datetime.now(timezone.utc) - timedelta(days=2), "day")
+    async with SQLKeyStore.from_url(sql_url) as store:
+        assert await store.get("K" * 12) == make_record()
+        await store.add_usage(UsageBatch(hours={"K" * 12: {day: 2}}, last_used={}))
+        got = await store.usage(
+            "K" * 12, since=day, until=day + timedelta(days=1), granularity="day"
+        )
+    assert got == [UsageBucket(day, 2)]
+    assert await versions(sql_url) == [("keys", 1), ("usage", 1)]
+
+
+async def test_a_newer_usage_schema_is_refused(sql_url: str) -> None:
+    """Each component's version is checked: a newer usage table is not written to."""
+    async with SQLKeyStore.from_url(sql_url) as store:
+        await store.list()
+    await run_sql(
+        sql_url,
+        lambda conn: conn.execute(
+            sa.update(schema_table).where(schema_table.c.component == "usage").values(version=7)
+        ),
+    )
+    async with SQLKeyStore.from_url(sql_url) as store:
+        with pytest.raises(ConfigurationError, match=r"usage schema is version 7, newer"):
+            await store.get("K" * 12)
+
+
+def test_schema_version_by_component() -> None:
+    assert sql_module.schema_version("usage") == 1
+    with pytest.raises(ValueError, match="no schema component"):
+        sql_module.schema_version("nope")
+
+
+async def test_expired_usage_is_pruned(sql_url: str) -> None:
+    """`add_usage` deletes buckets past their retention (once an hour per store)."""
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    old, recent = now - timedelta(days=20), now - timedelta(hours=2)
+    async with SQLKeyStore.from_url(sql_url) as store:
+        # Pruned after adding: the old hour goes at once, its day stays.
+        await store.add_usage(UsageBatch(hours={"K" * 12: {old: 1}}, last_used={}))
+        await store.add_usage(UsageBatch(hours={"K" * 12: {recent: 1}}, last_used={}))
+        since = now - timedelta(days=30)
+        hours = await store.usage("K" * 12, since=since, until=now, granularity="hour")
+        days = await store.usage("K" * 12, since=since, until=now, granularity="day")
+    assert hours == [UsageBucket(recent, 1)]  # hourly: 14 days
+    assert [d.count for d in days] == [1, 1]  # daily: 400 days
 
 
 async def test_a_newer_schema_is_refused(sql_url: str) -> None:
