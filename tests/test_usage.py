@@ -357,3 +357,26 @@ async def test_memory_store_drops_counts_past_retention() -> None:
     await store.add_usage(UsageBatch(hours={"A" * 12: {old: 1, recent: 1}}, last_used={}))
     found = await store.usage("A" * 12, since=old - HOUR, until=now + HOUR, granularity="hour")
     assert found == [UsageBucket(recent, 1)]
+
+
+async def test_an_unexpected_store_error_is_logged_and_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Any exception from a store's write (a bug, a driver's own error) is logged with its
+    traceback and the counts kept, as for an outage."""
+    store, clock, wall = FlakyStore(), FakeClock(), WallClock(T0 - HOUR / 2)
+    usage = recorder(store, clock, wall)
+    real_add = store.add_usage
+
+    async def broken(batch: UsageBatch) -> None:
+        raise RuntimeError("a bug")
+
+    store.add_usage = broken  # type: ignore[method-assign]
+    usage.count("A" * 12)
+    await usage.flush()
+    assert "key usage write failed" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text
+    assert "could not record key usage (RuntimeError): 1 counts kept" in caplog.text
+    store.add_usage = real_add  # type: ignore[method-assign]
+    await usage.flush()
+    assert await hours(store, "A" * 12) == [UsageBucket(bucket_start(T0, "hour"), 1)]
