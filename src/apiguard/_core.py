@@ -78,13 +78,8 @@ class Bookkeeping(Protocol):
 class Counter(Protocol):
     """Counts the requests an authenticator's credentials were let through for."""
 
-    pending: bool
-
     def count(self, key_id: str) -> None:
         """Count one request of `key_id`; no I/O."""
-
-    async def flush(self) -> None:
-        """Write the counts; never raises."""
 
 
 class GuardOptions(TypedDict, total=False):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -315,8 +315,3 @@ def in_range(
         for start, count in sorted(buckets.items())
         if since <= start < until and count
     ]
-
-
-def total(buckets: Sequence[UsageBucket]) -> int:
-    """The requests counted in `buckets`."""
-    return sum(bucket.count for bucket in buckets)
