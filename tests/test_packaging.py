@@ -22,6 +22,7 @@ OPTIONAL: dict[str, str] = {
     "fastapi.py": "fastapi",
     "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
+    "keys/_sql_usage.py": "sqlite",
 }
 # The contract suite and test helpers run inside the user's own pytest.
 UNDECLARED = {"testing.py"}

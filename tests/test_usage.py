@@ -132,6 +132,46 @@ async def test_an_hour_that_ends_between_flushes_keeps_its_counts() -> None:
     assert store.batches[0].last_used["A" * 12] == datetime.fromtimestamp(wall.now, timezone.utc)
 
 
+async def test_a_flush_after_the_hour_ended_files_counts_under_their_hour() -> None:
+    """A quiet process that flushes (at shutdown, say) after the hour has ended, with no
+    request since, writes the counts under the hour they were made in."""
+    store, clock, wall = FlakyStore(), FakeClock(), WallClock(T0)
+    usage = recorder(store, clock, wall)
+    usage.count("A" * 12)
+    wall.now += 3600
+    clock.now += 3600
+    await usage.flush()
+    assert await hours(store, "A" * 12) == [UsageBucket(bucket_start(T0, "hour"), 1)]
+    last_used = store.batches[0].last_used["A" * 12]
+    assert last_used < bucket_start(T0, "hour") + HOUR  # inside that hour
+
+
+async def test_a_second_flush_while_one_runs_returns_at_once() -> None:
+    """Requests finishing while a write is under way do not wait for it or write twice."""
+    store, clock, wall = FlakyStore(), FakeClock(), WallClock(T0 - HOUR / 2)
+    usage = recorder(store, clock, wall)
+    gate = anyio.Event()
+    real_add = store.add_usage
+
+    async def slow(batch: UsageBatch) -> None:
+        await gate.wait()
+        await real_add(batch)
+
+    store.add_usage = slow  # type: ignore[method-assign]
+    usage.count("A" * 12)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(usage.flush)
+        await anyio.wait_all_tasks_blocked()
+        usage.count("A" * 12)
+        with anyio.fail_after(1):
+            await usage.flush()  # returns at once: one write at a time
+        assert store.batches == []
+        gate.set()
+    await usage.flush()
+    assert len(store.batches) == 2
+    assert await hours(store, "A" * 12) == [UsageBucket(bucket_start(T0, "hour"), 2)]
+
+
 async def test_a_failed_write_is_retried_with_its_counts(caplog: pytest.LogCaptureFixture) -> None:
     """Counts of a write that fails are kept and written, added to later ones, next time."""
     store, clock, wall = FlakyStore(), FakeClock(), WallClock(T0 - HOUR / 2)
@@ -332,6 +372,27 @@ async def test_a_failing_store_write_never_fails_a_request(
         await anyio.sleep(0.002)
         assert (await client.get("/", headers={"X-API-Key": issued.key})).status_code == 200
     assert await today(store, issued.record) == 5
+
+
+async def test_a_refusal_also_writes_counts_that_are_due(
+    hasher: KeyHasher, make_client: MakeClient
+) -> None:
+    """Counts due for writing go after any response, a 401 included."""
+    store = FlakyStore()
+    issued = await KeyManager(store, hasher).create("a")
+    app = APIKeyMiddleware(
+        Starlette(routes=[Route("/", hello)]),
+        store=store,
+        hasher=hasher,
+        usage=UsageOptions(flush_interval=0.001),
+    )
+    async with make_client(app) as client:
+        assert (await client.get("/", headers={"X-API-Key": issued.key})).status_code == 200
+        store.batches.clear()  # written after that response
+        await anyio.sleep(0.002)
+        app.auth.usage.count(issued.record.key_id)  # type: ignore[union-attr]
+        assert (await client.get("/")).status_code == 401
+    assert len(store.batches) == 1
 
 
 async def test_usage_off_writes_nothing(hasher: KeyHasher, make_client: MakeClient) -> None:

@@ -241,6 +241,9 @@ class KeyStoreContract:
             await counting.usage("unknown00000", since=day, until=day + hour, granularity="day")
             == []
         )
+        naive = day.replace(tzinfo=None)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await counting.usage("K" * 12, since=naive, until=day, granularity="day")
         with pytest.raises(ValueError, match="granularity"):
             await counting.usage("K" * 12, since=day, until=day, granularity="week")  # type: ignore[arg-type]
 
@@ -260,7 +263,7 @@ class KeyStoreContract:
         await store.add(make_record())
         later = day + timedelta(hours=5, minutes=7)
         await counting.add_usage(_batch("K" * 12, {day: 1}, used=later))
-        await counting.add_usage(_batch("K" * 12, {day: 1}, used=later - timedelta(hours=1)))
+        await counting.add_usage(_batch("K" * 12, {}, used=later - timedelta(hours=1)))
         got = await store.get("K" * 12)
         assert got is not None
         assert got.last_used_at == later

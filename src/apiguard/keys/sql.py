@@ -33,7 +33,6 @@ from apiguard.exceptions import (
     KeyNotFoundError,
     KeyStateError,
 )
-from apiguard.keys import _sql_usage
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.channel import (
@@ -60,6 +59,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         "SQLKeyStore needs SQLAlchemy and a driver: pip install 'apiguard-asgi[sqlite]' "
         "for SQLite, 'apiguard-asgi[postgres]' for PostgreSQL"
     ) from exc
+
+from apiguard.keys import _sql_usage
 
 __all__ = ["SQLKeyStore"]
 

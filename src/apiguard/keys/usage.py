@@ -134,10 +134,6 @@ def day_totals(hours: Mapping[datetime, int]) -> dict[datetime, int]:
     return days
 
 
-def _hour_of(wall: float) -> datetime:
-    return _EPOCH + timedelta(hours=int(wall // _HOUR))
-
-
 class UsageRecorder:
     """Counts authenticated requests per key and hour, and writes them in batches.
 
