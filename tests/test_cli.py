@@ -406,6 +406,7 @@ STORE_COMMANDS = {
     "revoke": ["K" * 12],
     "rotate": ["K" * 12],
     "usage": ["K" * 12],
+    "check": ["apg_KKKKKKKKKKKK_key"],
 }
 
 

@@ -121,6 +121,7 @@ def test_scripts_are_valid_bash() -> None:
         "scripts/test",
         "scripts/test-wheel",
         "scripts/install-interop",
+        "scripts/install-browser",
         "scripts/demo",
         "scripts/demo-bearer",
         ".ci/run",
@@ -301,3 +302,44 @@ def test_bearer_demo_checks_both_ports_first(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "choose others with PORT=... IDP_PORT=..." in done.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_fastapi_swagger_example(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Public /docs; the document declares the key; the printed key works."""
+    for name in ("APIGUARD_STORE", "APIGUARD_PEPPER", "OAUTH_ISSUER", "OAUTH_TOKEN_URL"):
+        monkeypatch.delenv(name, raising=False)
+    module = import_example("fastapi_swagger")
+    with TestClient(module.app) as client:
+        key = capsys.readouterr().out.strip().splitlines()[-1].strip()
+        assert client.get("/docs").status_code == 200
+        document = client.get("/openapi.json").json()
+        assert document["components"]["securitySchemes"]["APIKey"]["name"] == "X-API-Key"
+        assert document["paths"]["/items"]["post"]["security"] == [{"APIKey": ["items:write"]}]
+        assert "security" not in document["paths"]["/health"]["get"]
+        assert client.get("/items").status_code == 401
+        assert client.get("/items", headers={"X-API-Key": key}).json() == ["hammer", "saw"]
+        added = client.post("/items?name=drill", headers={"X-API-Key": key})
+        assert added.json() == {"added": "drill", "by": "swagger"}
+
+
+def test_fastapi_swagger_example_offers_the_client_credentials_flow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("APIGUARD_STORE", raising=False)
+    monkeypatch.setenv("OAUTH_ISSUER", "https://idp.example")
+    monkeypatch.setenv("OAUTH_AUDIENCE", "https://api.example")
+    monkeypatch.setenv("OAUTH_TOKEN_URL", "https://idp.example/token")
+    module = import_example("fastapi_swagger")
+    with TestClient(module.app) as client:
+        document = client.get("/openapi.json").json()
+    flow = document["components"]["securitySchemes"]["OAuth2"]["flows"]["clientCredentials"]
+    assert flow == {
+        "tokenUrl": "https://idp.example/token",
+        "scopes": {"items:read": "List the items", "items:write": "Add items"},
+    }
+    assert document["paths"]["/items"]["get"]["security"] == [
+        {"APIKey": ["items:read"]},
+        {"OAuth2": ["items:read"]},
+    ]

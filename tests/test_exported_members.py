@@ -3,7 +3,10 @@ from __future__ import annotations
 import inspect
 
 import apiguard
+import apiguard.fastapi
 import apiguard.keys
+import apiguard.pytest_plugin
+import apiguard.testing
 import apiguard.tokens
 
 
@@ -75,6 +78,7 @@ def test_public_api_is_pinned() -> None:
         "ClientAuthMethod",
         "CompositeIntrospector",
         "JWTIntrospector",
+        "RedisTokenCache",
         "RemoteIntrospector",
         "TokenInfo",
         "TokenIntrospector",
@@ -84,10 +88,30 @@ def test_public_api_is_pinned() -> None:
         "metadata_urls",
         "scopes_from_claims",
     ]
+    assert apiguard.fastapi.__all__ == [
+        "Guard",
+        "GuardRefusal",
+        "current_principal",
+        "install",
+        "require_scopes",
+    ]
+    assert apiguard.testing.__all__ == [
+        "TEST_PEPPER",
+        "FakeClock",
+        "FakeIssuer",
+        "KeySpec",
+        "KeyStoreContract",
+        "make_keys",
+        "make_record",
+        "make_signing_key",
+        "override_authentication",
+        "public_jwk",
+    ]
+    assert apiguard.pytest_plugin.__all__ == ["fake_clock", "fake_issuer", "override_auth"]
 
 
 def test_every_exported_name_exists_and_says_where_it_lives() -> None:
-    for module in (apiguard, apiguard.keys, apiguard.tokens):
+    for module in (apiguard, apiguard.fastapi, apiguard.keys, apiguard.tokens, apiguard.testing):
         for name in module.__all__:
             member = getattr(module, name)
             is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases
@@ -98,3 +122,9 @@ def test_every_exported_name_exists_and_says_where_it_lives() -> None:
 
 def test_version_is_a_string() -> None:
     assert apiguard.__version__.count(".") == 2
+
+
+def test_diagnostics_api_is_pinned() -> None:
+    import apiguard.diagnostics
+
+    assert apiguard.diagnostics.__all__ == ["Check", "Report", "explain_key", "explain_token"]

@@ -19,13 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION = "apiguard-asgi"
 # Modules that exist to use an optional package, named by the extra that installs it.
 OPTIONAL: dict[str, str] = {
-    "fastapi.py": "fastapi",
+    "fastapi/__init__.py": "fastapi",
+    "fastapi/_dependencies.py": "fastapi",
+    "fastapi/_guard.py": "fastapi",
+    "fastapi/_openapi.py": "fastapi",
     "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
     "keys/_sql_usage.py": "sqlite",
+    "tokens/shared_cache.py": "redis",
 }
-# The contract suite and test helpers run inside the user's own pytest.
-UNDECLARED = {"testing.py"}
+# The contract suite and test helpers run inside the user's own pytest; the fake
+# issuer's `cryptography` comes with the `pyjwt[crypto]` requirement.
+UNDECLARED = {"testing.py", "pytest_plugin.py", "_testkit/issuer.py"}
 
 
 def top_level_imports(path: Path) -> set[str]:

@@ -88,6 +88,23 @@ async def test_the_quick_start_app(
         await middleware.auth.verifier.store.aclose()
 
 
+def test_the_fastapi_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`install(...)`: public docs, the key in the document, the scope on the operation."""
+    from starlette.testclient import TestClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APIGUARD_PEPPER", PEPPER)
+    namespace: dict[str, Any] = {}
+    exec(block_starting("# docs_app.py"), namespace)  # noqa: S102 - the README's
+    with TestClient(namespace["app"]) as client:
+        assert client.get("/docs").status_code == 200
+        document = client.get("/openapi.json").json()
+        assert client.post("/items?name=drill").status_code == 401
+    assert document["components"]["securitySchemes"]["APIKey"]["name"] == "X-API-Key"
+    assert document["paths"]["/items"]["post"]["security"] == [{"APIKey": ["items:write"]}]
+    assert "security" not in document["paths"]["/health"]["get"]
+
+
 @pytest.mark.anyio
 async def test_managing_keys_from_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

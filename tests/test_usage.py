@@ -32,8 +32,8 @@ from apiguard.keys import (
     UsageRetention,
 )
 from apiguard.keys.usage import bucket_start
-from apiguard.testing import _counting
-from tests.conftest import FakeClock, MakeClient
+from apiguard.testing import FakeClock, _counting
+from tests.conftest import MakeClient
 
 pytestmark = pytest.mark.anyio
 

@@ -26,8 +26,8 @@ ErrorResponseHook = Callable[[HTTPConnection, ApiGuardError], "Response | Awaita
 
 # RFC 6750 §3: error and error_description use %x20-21 / %x23-5B / %x5D-7E.
 _UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
-_UNAVAILABLE_ERROR = "temporarily_unavailable"
-_UNAVAILABLE_DESCRIPTION = "The authentication service is temporarily unavailable."
+UNAVAILABLE_ERROR = "temporarily_unavailable"
+UNAVAILABLE_DESCRIPTION = "The authentication service is temporarily unavailable."
 # RFC 6455 §7.4.1 / IANA: 1008 policy violation; 1013 try again later.
 _WS_POLICY_VIOLATION = 1008
 _WS_TRY_AGAIN_LATER = 1013
@@ -111,7 +111,7 @@ class ErrorResponder:
         """Status, error code, description and headers for `error`."""
         if not isinstance(error, AuthError):
             headers = [("retry-after", self._retry_after), ("cache-control", "no-store")]
-            return _Refusal(503, _UNAVAILABLE_ERROR, _UNAVAILABLE_DESCRIPTION, headers)
+            return _Refusal(503, UNAVAILABLE_ERROR, UNAVAILABLE_DESCRIPTION, headers)
         if error.error is None or scheme is None:
             headers = list(self._bare)
         else:

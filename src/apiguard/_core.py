@@ -15,6 +15,7 @@ from typing import Protocol, TypedDict
 from starlette.authentication import AuthCredentials
 from starlette.middleware.cors import CORSMiddleware
 
+from apiguard import _override
 from apiguard._challenge import ErrorResponder, ErrorResponseHook
 from apiguard._startup import SetupFailure, hold_setup_errors
 from apiguard.exceptions import (
@@ -29,7 +30,7 @@ from apiguard.policies import Policy, _with_head, route_path
 from apiguard.principal import ANONYMOUS, Grant
 from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["AuthMiddleware", "Authenticator", "GuardOptions"]
+__all__ = ["AuthMiddleware", "Authenticator", "GuardOptions", "Refused", "identify", "log_refusal"]
 
 logger = logging.getLogger("apiguard.middleware")
 
@@ -257,33 +258,16 @@ class AuthMiddleware:
                 await self._refuse(exc, self._authenticators[0], scope, receive, send)
             return
 
-        # The scheme that was tried carries the error challenge (RFC 6750 §3).
-        authenticator: Authenticator | None = None
-        attempted = self._authenticators[0]
-        try:
-            credential = None
-            for attempted in self._authenticators:
-                found = attempted.extract(scope)
-                if found is not None:
-                    if authenticator is not None:
-                        raise InvalidRequest(reason="several credentials")
-                    authenticator, credential = attempted, found
-            if authenticator is None or credential is None:
-                if not self._optional:
-                    raise MissingCredentials
-                grant = _ANONYMOUS_GRANT
-            else:
-                grant = await authenticator.authenticate(credential)
-            for policy in self._policies:
-                await policy.check(grant[0], scope)
-        except ApiGuardError as exc:
-            await self._refuse(exc, authenticator or attempted, scope, receive, send)
+        if _override.installed and (overridden := _override.grant_for(self, scope)) is not None:
+            await self._overridden(overridden, scope, receive, send)
             return
-        except Exception as exc:
-            # Fail closed: a bug or an unexpected driver error is never a 500 or a pass.
-            logger.exception("authentication failed unexpectedly; answering 503")
-            error = BackendUnavailableError(type(exc).__name__)
-            await self._refuse(error, authenticator or attempted, scope, receive, send)
+
+        try:
+            grant, authenticator = await identify(
+                self._authenticators, scope, optional=self._optional, policies=self._policies
+            )
+        except Refused as refused:
+            await self._refuse(refused.error, refused.authenticator, scope, receive, send)
             return
 
         scope["user"], scope["auth"] = grant
@@ -307,7 +291,7 @@ class AuthMiddleware:
             # A route-level check (`require_scopes`, `requires_scopes`, or the app's own
             # `raise InsufficientScope(...)` before it answers) refused: the same
             # response as the middleware's own refusals, with the credential's challenge.
-            await self._refuse(exc, authenticator or attempted, scope, receive, send)
+            await self._refuse(exc, authenticator or self._authenticators[0], scope, receive, send)
             return
         for keeper in self._bookkeeping:  # the response is out: nobody waits on this
             if keeper.pending:
@@ -329,6 +313,18 @@ class AuthMiddleware:
 
         return receive_and_flush
 
+    async def _overridden(self, grant: Grant, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request under `apiguard.testing.override_authentication`: its grant instead of
+        the credentials; policies and route-level checks still apply."""
+        authenticator = self._authenticators[0]
+        try:
+            for policy in self._policies:
+                await policy.check(grant[0], scope)
+            scope["user"], scope["auth"] = grant
+            await self.app(scope, receive, send)
+        except AuthError as exc:
+            await self._refuse(exc, authenticator, scope, receive, send)
+
     def _excluded(self, scope: Scope) -> bool:
         if scope.get("method") in self._methods:
             return True
@@ -345,24 +341,87 @@ class AuthMiddleware:
         receive: Receive,
         send: Send,
     ) -> None:
-        if isinstance(exc, AuthError):
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "refused status=%d reason=%s id=%s path=%s",
-                    exc.status_code,
-                    _loggable(exc.reason),
-                    _loggable(exc.credential_id or "-"),
-                    _loggable(scope["path"]),
-                )
-        elif isinstance(exc, BackendUnavailableError):
-            logger.error("refused status=503 reason=backend unavailable (%s)", _loggable(exc))
-        else:
-            logger.error("refused status=503 reason=configuration error (%s)", _loggable(exc))
-            exc = BackendUnavailableError(str(exc))
+        exc = log_refusal(exc, scope)
         await self._responder.deny(exc, authenticator.scheme, scope, receive, send)
         for keeper in self._bookkeeping:
             if keeper.pending:
                 await keeper.flush()
+
+
+class Refused(Exception):
+    """`identify` refused the request: the error, and the credential whose challenge it gets."""
+
+    def __init__(self, error: ApiGuardError, authenticator: Authenticator) -> None:
+        super().__init__(error)
+        self.error = error
+        self.authenticator = authenticator
+
+
+async def identify(
+    authenticators: Sequence[Authenticator],
+    scope: Scope,
+    *,
+    optional: bool,
+    policies: Sequence[Policy],
+) -> tuple[Grant, Authenticator | None]:
+    """Find the request's one credential, check it and run the policies.
+
+    The pipeline of `AuthMiddleware`, also run per route by `apiguard.fastapi.Guard`.
+
+    Returns:
+        The grant, and the authenticator whose credential was used (`None` for the
+        anonymous grant of optional mode).
+
+    Raises:
+        Refused: With the error to answer and the authenticator whose scheme the
+            challenge names; an unexpected exception becomes a 503 (fail closed).
+    """
+    # The scheme that was tried carries the error challenge (RFC 6750 §3).
+    authenticator: Authenticator | None = None
+    attempted = authenticators[0]
+    try:
+        credential = None
+        for attempted in authenticators:
+            found = attempted.extract(scope)
+            if found is not None:
+                if authenticator is not None:
+                    raise InvalidRequest(reason="several credentials")
+                authenticator, credential = attempted, found
+        if authenticator is None or credential is None:
+            if not optional:
+                raise MissingCredentials
+            grant = _ANONYMOUS_GRANT
+        else:
+            grant = await authenticator.authenticate(credential)
+        for policy in policies:
+            await policy.check(grant[0], scope)
+    except ApiGuardError as exc:
+        raise Refused(exc, authenticator or attempted) from None
+    except Exception as exc:
+        # Fail closed: a bug or an unexpected driver error is never a 500 or a pass.
+        logger.exception("authentication failed unexpectedly; answering 503")
+        error = BackendUnavailableError(type(exc).__name__)
+        raise Refused(error, authenticator or attempted) from None
+    return grant, authenticator
+
+
+def log_refusal(exc: ApiGuardError, scope: Scope) -> ApiGuardError:
+    """Log a refusal; return the error to answer (a configuration error is a 503)."""
+    if isinstance(exc, AuthError):
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "refused status=%d reason=%s id=%s path=%s",
+                exc.status_code,
+                _loggable(exc.reason),
+                _loggable(exc.credential_id or "-"),
+                _loggable(scope["path"]),
+            )
+    elif isinstance(exc, BackendUnavailableError):
+        logger.error("refused status=503 reason=backend unavailable (%s)", _loggable(exc))
+    else:
+        logger.error("refused status=503 reason=configuration error (%s)", _loggable(exc))
+        exc = BackendUnavailableError(str(exc))
+    return exc
 
 
 def _loggable(value: object) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
+from typing import TYPE_CHECKING
 
 from apiguard import _credentials
 from apiguard._cache import CacheOptions
@@ -22,6 +23,9 @@ from apiguard.principal import Grant
 from apiguard.tokens._http import check_url
 from apiguard.tokens.verifier import TokenVerifier
 from apiguard.types import KeyStore, Scope, TokenIntrospector
+
+if TYPE_CHECKING:
+    from apiguard.tokens.shared_cache import RedisTokenCache
 
 __all__ = ["APIKeyAuth", "BearerAuth"]
 
@@ -45,6 +49,11 @@ class APIKeyAuth:
             last use (`UsageOptions`: how often they are written, how many may
             wait); `False` keeps neither. See docs/usage.md.
 
+    Attributes:
+        header_names: The headers the key is read from, as configured.
+        query_param: The query parameter the key may come in, or `None`.
+        usage: Counts the requests each key authenticated, or `None`.
+
     Writes that only keep books (request counts and last use, a hash migrated to the
     default scheme) are made after the response is sent, never while a request waits
     (`bookkeeping.flush()` and `usage.flush()`, called by the middleware).
@@ -59,6 +68,8 @@ class APIKeyAuth:
         "authenticate",
         "bookkeeping",
         "extract",
+        "header_names",
+        "query_param",
         "usage",
         "verifier",
     )
@@ -97,6 +108,9 @@ class APIKeyAuth:
             self.usage = UsageRecorder(key_store, options, deadline=deadline)
         self._headers = headers
         self._query_param = query_param
+        # As configured, for documents that describe the API (OpenAPI's apiKey scheme).
+        self.header_names: tuple[str, ...] = tuple(dict.fromkeys(n.strip() for n in header_names))
+        self.query_param = query_param
         # Bound once: the hot path makes one call to find the key and one to check it.
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
         self.extract: Callable[[Scope], bytes | None] = (
@@ -124,6 +138,9 @@ class BearerAuth:
         cache: Verification cache sizes and lifetimes; a grant never outlives `exp`.
         resource_metadata: The URL of this API's protected resource metadata
             (RFC 9728 §5.1), added to every `Bearer` challenge.
+        token_cache: A verdict cache shared by every process, so that a new opaque
+            token is introspected once in all: a `RedisTokenCache`, or a Redis URL
+            for `RedisTokenCache.from_url` (docs/token-cache.md).
     """
 
     scheme = "Bearer"
@@ -136,8 +153,13 @@ class BearerAuth:
         *,
         cache: CacheOptions | None = None,
         resource_metadata: str | None = None,
+        token_cache: RedisTokenCache | str | None = None,
     ) -> None:
-        self.verifier = TokenVerifier(introspector, cache=cache)
+        if isinstance(token_cache, str):
+            from apiguard.tokens.shared_cache import RedisTokenCache
+
+            token_cache = RedisTokenCache.from_url(token_cache)
+        self.verifier = TokenVerifier(introspector, cache=cache, token_cache=token_cache)
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
         self.extract: Callable[[Scope], bytes | None] = _credentials.read_bearer
         self.challenge_params: tuple[tuple[str, str], ...] = ()

@@ -1,4 +1,6 @@
-"""`apiguard keys init|create|list|show|usage|revoke|rotate|copy`: manage API keys from a shell.
+"""`apiguard keys ...` manages API keys from a shell, and shows their request counts
+(`keys usage`); `apiguard token inspect` and `apiguard keys check` explain why a
+credential is accepted or refused.
 
 The store comes from `--store`, else `APIGUARD_STORE`, else `sqlite:///apiguard-keys.db`.
 Commands that hash a secret (create, rotate) need `APIGUARD_PEPPER`, the pepper the
@@ -22,6 +24,7 @@ import click
 
 from apiguard._cache import CacheOptions
 from apiguard._usage_report import SUMMARY_DAYS, DailyUsage, daily_usage, render_chart
+from apiguard.diagnostics import Report, explain_key, explain_token
 from apiguard.exceptions import ApiGuardError, BackendUnavailableError
 from apiguard.keys import KeyManager, MemoryKeyStore, open_store
 from apiguard.keys._copy import copy_keys
@@ -30,12 +33,19 @@ from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import MIN_PEPPER_LENGTH, PEPPER_ENV, KeyHasher
 from apiguard.keys.manager import IssuedKey
 from apiguard.keys.record import KeyRecord
-from apiguard.types import KeyStore
+from apiguard.tokens import (
+    DEFAULT_SCOPE_CLAIMS,
+    CompositeIntrospector,
+    JWTIntrospector,
+    RemoteIntrospector,
+)
+from apiguard.types import KeyStore, TokenIntrospector
 
 __all__ = ["main"]
 
 DEFAULT_STORE = "sqlite:///apiguard-keys.db"
 STORE_ENV = "APIGUARD_STORE"
+CLIENT_SECRET_ENV = "APIGUARD_CLIENT_SECRET"  # noqa: S105 - the variable's name
 # How long a server in another process may still accept a revoked key: its cache TTL.
 CACHE_TTL = CacheOptions().ttl
 T = TypeVar("T")
@@ -555,6 +565,137 @@ def copy(from_url: str, to_url: str, dry_run: bool, as_json: bool) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+def _secret_argument(value: str | None, what: str) -> str:
+    """The credential to check: the argument, or the first line of stdin for `-` or none."""
+    if value is None or value == "-":
+        value = sys.stdin.readline()
+    value = value.strip()
+    if not value:
+        raise click.UsageError(f"no {what}: pass it on stdin (safer than an argument) or as one")
+    return value
+
+
+def _echo_report(report: Report, as_json: bool) -> None:
+    click.echo(json.dumps(report.as_dict()) if as_json else report.as_text())
+    if not report.accepted:
+        # 1: refused (401); 3: cannot tell, or the store/authorization server is down.
+        sys.exit(1 if report.status == 401 else 3)
+
+
+@keys.command()
+@store_option
+@click.argument("key", required=False)
+@click.option(
+    "--prefix",
+    "prefixes",
+    multiple=True,
+    default=(DEFAULT_PREFIX,),
+    show_default=True,
+    help="A key prefix the server accepts (repeatable).",
+)
+@json_option
+def check(store_url: str, key: str | None, prefixes: tuple[str, ...], as_json: bool) -> None:
+    """Explain whether KEY would be accepted, check by check; KEY from stdin by default.
+
+    The secret is checked only with the server's pepper in APIGUARD_PEPPER. The key
+    itself is never printed. Exit status: 0 accepted, 1 refused, 3 undecided or the
+    store unavailable.
+    """
+    value = _secret_argument(key, "key")
+    pepper = os.environ.get(PEPPER_ENV)
+    hasher = KeyHasher(pepper) if pepper else None
+    report = _run(
+        store_url, lambda store: explain_key(value, store, hasher=hasher, prefixes=prefixes)
+    )
+    _echo_report(report, as_json)
+
+
+@main.group()
+def token() -> None:
+    """Explain how bearer tokens are checked."""
+
+
+@token.command()
+@click.argument("token_value", metavar="[TOKEN]", required=False)
+@click.option("--issuer", required=True, help="The trusted issuer (`iss`), as the app has it.")
+@click.option(
+    "--audience", "audiences", multiple=True, required=True, help="An accepted `aud` (repeatable)."
+)
+@click.option("--jwks-uri", help="The issuer's key set (default: from discovery).")
+@click.option(
+    "--algorithm", "algorithms", multiple=True, help="An allowed algorithm (default: asymmetric)."
+)
+@click.option("--accept-jwt-typ", is_flag=True, help="Also accept `typ: JWT` or none.")
+@click.option("--scope-claim", "scope_claims", multiple=True, help="A claim scopes come from.")
+@click.option("--leeway", type=float, default=30.0, show_default=True, help="Clock skew (s).")
+@click.option(
+    "--client-id",
+    help="This API's client id, to introspect opaque tokens (RFC 7662); the secret"
+    f" is read from {CLIENT_SECRET_ENV}.",
+)
+@click.option(
+    "--introspection-endpoint", help="The introspection endpoint (default: from discovery)."
+)
+@json_option
+def inspect(
+    token_value: str | None,
+    issuer: str,
+    audiences: tuple[str, ...],
+    jwks_uri: str | None,
+    algorithms: tuple[str, ...],
+    accept_jwt_typ: bool,
+    scope_claims: tuple[str, ...],
+    leeway: float,
+    client_id: str | None,
+    introspection_endpoint: str | None,
+    as_json: bool,
+) -> None:
+    """Explain whether TOKEN would be accepted as Bearer, check by check.
+
+    TOKEN is read from stdin by default (an argument is visible to other users of
+    the machine). JWTs are validated against the issuer's keys; opaque tokens are
+    introspected when --client-id is given. The token is never printed. Exit status:
+    0 accepted, 1 refused, 3 the authorization server unavailable.
+    """
+    value = _secret_argument(token_value, "token")
+
+    async def go() -> Report:
+        claims = scope_claims or DEFAULT_SCOPE_CLAIMS
+        options: dict[str, Any] = {"leeway": leeway, "accept_jwt_typ": accept_jwt_typ}
+        if jwks_uri:
+            options["jwks_uri"] = jwks_uri
+        if algorithms:
+            options["algorithms"] = algorithms
+        introspector: TokenIntrospector = JWTIntrospector.from_issuer(
+            issuer, audience=audiences, scope_claims=claims, **options
+        )
+        if client_id:
+            if not os.environ.get(CLIENT_SECRET_ENV):
+                raise click.UsageError(
+                    f"--client-id needs the client's secret in {CLIENT_SECRET_ENV}"
+                )
+            remote = RemoteIntrospector(
+                introspection_endpoint,
+                issuer=issuer,
+                client_id=client_id,
+                client_secret=os.environ.get(CLIENT_SECRET_ENV),
+                audience=audiences,
+                leeway=leeway,
+                scope_claims=claims,
+            )
+            introspector = CompositeIntrospector(jwt=introspector, remote=remote)
+        try:
+            return await explain_token(value, introspector)
+        finally:
+            await introspector.aclose()
+
+    try:
+        report = asyncio.run(go())
+    except ApiGuardError as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_report(report, as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,8 @@ from apiguard.types import ASGIApp, KeyStore, TokenIntrospector
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from apiguard.tokens.shared_cache import RedisTokenCache
+
 __all__ = ["APIKeyMiddleware", "BearerTokenMiddleware"]
 
 
@@ -81,7 +83,7 @@ class BearerTokenMiddleware(AuthMiddleware):
     the authorization server or its keys out of reach, 503 with `Retry-After`.
 
     Takes the arguments of `BearerAuth` (`introspector`, `cache`,
-    `resource_metadata`) and the options of `AuthMiddleware`.
+    `resource_metadata`, `token_cache`) and the options of `AuthMiddleware`.
     """
 
     @hold_setup_errors
@@ -92,7 +94,13 @@ class BearerTokenMiddleware(AuthMiddleware):
         introspector: TokenIntrospector,
         cache: CacheOptions | None = None,
         resource_metadata: str | None = None,
+        token_cache: RedisTokenCache | str | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
-        self.auth = BearerAuth(introspector, cache=cache, resource_metadata=resource_metadata)
+        self.auth = BearerAuth(
+            introspector,
+            cache=cache,
+            resource_metadata=resource_metadata,
+            token_cache=token_cache,
+        )
         super().__init__(app, authenticators=[self.auth], **options)

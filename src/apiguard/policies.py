@@ -167,6 +167,11 @@ class ScopeRules:
     def __init__(self, rules: Sequence[ScopeRule]) -> None:
         self._rules = tuple(rules)
 
+    @property
+    def rules(self) -> tuple[ScopeRule, ...]:
+        """The rules, in the order they are tried."""
+        return self._rules
+
     async def check(self, principal: Principal, scope: Scope) -> None:
         path = route_path(scope)
         method = scope.get("method")

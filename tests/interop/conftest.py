@@ -110,6 +110,13 @@ class AuthorizationServer:
         token: str = response.json()["access_token"]
         return token
 
+    def introspections(self) -> int:
+        """How many introspection calls the server has received since it started."""
+        response = httpx.get(f"{self.issuer}/test/introspections")
+        response.raise_for_status()
+        count: int = response.json()["count"]
+        return count
+
     def revoke(self, token: str) -> None:
         response = httpx.post(
             f"{self.issuer}/token/revocation",

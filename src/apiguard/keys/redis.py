@@ -62,7 +62,7 @@ except ImportError as exc:
         "RedisKeyStore needs redis-py: pip install 'apiguard-asgi[redis]'"
     ) from exc
 
-__all__ = ["RedisKeyStore"]
+__all__ = ["RedisKeyStore", "describe", "redis_client"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -174,6 +174,34 @@ def _month_after(at: datetime) -> datetime:
     return datetime(year, month, 1, tzinfo=timezone.utc)
 
 
+def redis_client(url: str, what: str, **client_options: Any) -> aioredis.Redis:
+    """A client for `url` (`redis://`, `rediss://`, `unix://`), for `what` (in errors).
+
+    `client_options` go to `redis.asyncio.Redis.from_url` (options in the URL's query
+    win); connecting and each command give up after 5 s unless
+    `socket_connect_timeout` and `socket_timeout` say otherwise.
+
+    Raises:
+        ConfigurationError: The URL is malformed (its password never in the message).
+    """
+    client_options.setdefault("socket_connect_timeout", 5.0)
+    client_options.setdefault("socket_timeout", 5.0)
+    try:
+        return aioredis.Redis.from_url(url, **client_options)
+    except ValueError as exc:
+        # Not chained: the original may quote the URL, password and all.
+        raise ConfigurationError(
+            f"cannot open {what} {redact_url(url)!r}: {hide_password(str(exc), url)}"
+        ) from None
+
+
+def describe(client: aioredis.Redis) -> str:
+    """Where `client` connects, for reprs: host and port or socket path, and db."""
+    options = client.connection_pool.connection_kwargs
+    where = options.get("path") or f"{options.get('host')}:{options.get('port')}"
+    return f"{where}, db={options.get('db', 0)}"
+
+
 def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
     """A Lua script's `HGETALL` answer, a flat list, as a mapping."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -232,15 +260,7 @@ class RedisKeyStore(BaseKeyStore):
             ConfigurationError: The URL is malformed.
         """
         url, push = split_push(url)
-        client_options.setdefault("socket_connect_timeout", 5.0)
-        client_options.setdefault("socket_timeout", 5.0)
-        try:
-            client = aioredis.Redis.from_url(url, **client_options)
-        except ValueError as exc:
-            # Not chained: the original may quote the URL, password and all.
-            raise ConfigurationError(
-                f"cannot open key store {redact_url(url)!r}: {hide_password(str(exc), url)}"
-            ) from None
+        client = redis_client(url, "key store", **client_options)
         channel: InvalidationChannel | None
         if push is None:
             channel = RedisChannel(client, name=f"{key_prefix}invalidations")
@@ -249,9 +269,7 @@ class RedisKeyStore(BaseKeyStore):
         return cls(client, key_prefix=key_prefix, channel=channel, _owns_client=True)
 
     def __repr__(self) -> str:
-        options = self._client.connection_pool.connection_kwargs
-        where = options.get("path") or f"{options.get('host')}:{options.get('port')}"
-        return f"RedisKeyStore({where}, db={options.get('db', 0)}, key_prefix={self._key_prefix!r})"
+        return f"RedisKeyStore({describe(self._client)}, key_prefix={self._key_prefix!r})"
 
     def _key(self, key_id: str) -> str:
         return f"{self._key_prefix}key:{key_id}"

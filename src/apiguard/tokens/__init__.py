@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from apiguard.tokens.composite import CompositeIntrospector
 from apiguard.tokens.discovery import discover, metadata_urls
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo, scopes_from_claims
@@ -15,6 +17,9 @@ from apiguard.tokens.jwks import (
 from apiguard.tokens.verifier import TokenVerifier
 from apiguard.types import TokenIntrospector
 
+if TYPE_CHECKING:
+    from apiguard.tokens.shared_cache import RedisTokenCache
+
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "DEFAULT_REQUIRED_CLAIMS",
@@ -22,6 +27,7 @@ __all__ = [
     "ClientAuthMethod",
     "CompositeIntrospector",
     "JWTIntrospector",
+    "RedisTokenCache",
     "RemoteIntrospector",
     "TokenInfo",
     "TokenIntrospector",
@@ -31,3 +37,12 @@ __all__ = [
     "metadata_urls",
     "scopes_from_claims",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisTokenCache needs redis-py (the `redis` extra): imported on first use.
+    if name == "RedisTokenCache":
+        from apiguard.tokens.shared_cache import RedisTokenCache
+
+        return RedisTokenCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

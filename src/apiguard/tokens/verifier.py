@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.authentication import AuthCredentials
 
@@ -20,6 +21,9 @@ from apiguard.keys.record import utcnow
 from apiguard.principal import Grant, Principal
 from apiguard.tokens.info import TokenInfo
 from apiguard.types import TokenIntrospector
+
+if TYPE_CHECKING:
+    from apiguard.tokens.shared_cache import RedisTokenCache
 
 __all__ = ["TokenVerifier"]
 
@@ -47,6 +51,9 @@ class TokenVerifier:
         leeway: Seconds of clock skew allowed past `exp`; by default the
             introspector's own `leeway` attribute (30 s for apiguard's), or 0 for an
             introspector without one.
+        token_cache: A cache shared with other processes (`RedisTokenCache`), asked
+            before the introspector on a miss here; a verdict from it is trusted
+            here no longer than it is there.
     """
 
     def __init__(
@@ -55,9 +62,11 @@ class TokenVerifier:
         *,
         cache: CacheOptions | None = None,
         leeway: float | None = None,
+        token_cache: RedisTokenCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.introspector = introspector
+        self.token_cache = token_cache
         if leeway is None:
             leeway = float(getattr(introspector, "leeway", 0.0))
         if leeway < 0:
@@ -96,8 +105,14 @@ class TokenVerifier:
     async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
         if not _B64TOKEN.fullmatch(raw):
             raise InvalidToken(reason="malformed")
+        trust_for = None
         try:
-            info = await self.introspector.introspect(raw.decode("ascii"))
+            if self.token_cache is None:
+                info = await self.introspector.introspect(raw.decode("ascii"))
+            else:
+                info, trust_for = await self.token_cache.introspect(
+                    digest, raw.decode("ascii"), self.introspector.introspect
+                )
             if not info.active:
                 raise InvalidToken(reason="inactive")
             if info.cnf is not None and ({"jkt", "x5t#S256"} & info.cnf.keys()):
@@ -113,7 +128,7 @@ class TokenVerifier:
             self._verdicts.refuse(digest, exc.reason, generation, lifetime=exc.remember_for)
             raise
         grant = self._grant(info)
-        self._verdicts.allow(digest, grant, generation, lifetime=lifetime)
+        self._verdicts.allow(digest, grant, generation, lifetime=lifetime, trust_for=trust_for)
         return grant
 
     def _grant(self, info: TokenInfo) -> Grant:

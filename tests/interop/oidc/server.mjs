@@ -1,8 +1,8 @@
 // A real OAuth 2.0 authorization server for apiguard's interop tests, on loopback.
 // client_credentials with resource indicators (RFC 8707): JWT access tokens
 // (RFC 9068; RS256 or ES256) and opaque ones; introspection (RFC 7662) and
-// revocation (RFC 7009). Signing keys come from $JWKS_PATH so that tests can
-// rotate them by restarting the server.
+// revocation (RFC 7009), with a count of introspection calls. Signing keys come
+// from $JWKS_PATH so that tests can rotate them by restarting the server.
 import { readFileSync } from 'node:fs';
 import Provider, { errors } from 'oidc-provider';
 
@@ -25,6 +25,16 @@ const provider = new Provider(issuer, {
     {
       client_id: 'service',
       client_secret: 'service-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      // Swagger UI in a browser: the client credentials flow, from the API's own
+      // origin on loopback (CORS, below).
+      client_id: 'swagger-ui',
+      client_secret: 'swagger-secret',
       grant_types: ['client_credentials'],
       response_types: [],
       redirect_uris: [],
@@ -59,6 +69,11 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_post',
     },
   ],
+  // Browsers may call the token endpoint cross-origin for the Swagger UI client only,
+  // and only from a loopback origin (where the tests serve the API).
+  clientBasedCORS: (ctx, origin, client) => (
+    client.clientId === 'swagger-ui' && /^http:\/\/127\.0\.0\.1:\d+$/.test(origin)
+  ),
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -75,6 +90,20 @@ const provider = new Provider(issuer, {
       },
     },
   },
+});
+
+// Introspection calls are counted here, at the server, for the tests that check how
+// many calls a resource server makes: GET /test/introspections answers the count.
+let introspections = 0;
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'GET' && ctx.path === '/test/introspections') {
+    ctx.body = { count: introspections };
+    return;
+  }
+  if (ctx.method === 'POST' && ctx.path === '/token/introspection') {
+    introspections += 1;
+  }
+  await next();
 });
 
 provider.listen(port, '127.0.0.1').on('listening', () => {

@@ -1,0 +1,30 @@
+"""apiguard on FastAPI: one call for the middleware and the OpenAPI document, and dependencies.
+
+    from apiguard import APIKeyAuth
+    from apiguard.fastapi import install, require_scopes
+
+    guard = install(app, APIKeyAuth(store))           # middleware + OpenAPI + public /docs
+
+    @app.post("/items", dependencies=[require_scopes("items:write")])
+
+Without the middleware, per route: `Guard(...).install(app, middleware=False)` and
+`APIRouter(dependencies=[Depends(guard)])`. See docs/fastapi.md.
+
+Needs FastAPI (`pip install 'apiguard-asgi[fastapi]'`).
+"""
+
+from __future__ import annotations
+
+from apiguard.exceptions import ConfigurationError
+
+try:
+    import fastapi  # noqa: F401 - fails without the extra
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise ConfigurationError(
+        "apiguard.fastapi needs FastAPI: pip install 'apiguard-asgi[fastapi]'"
+    ) from exc
+
+from apiguard.fastapi._dependencies import current_principal, require_scopes
+from apiguard.fastapi._guard import Guard, GuardRefusal, install
+
+__all__ = ["Guard", "GuardRefusal", "current_principal", "install", "require_scopes"]
