@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
 from typing import Any, Literal, NoReturn
 from urllib.parse import quote_plus
@@ -105,6 +105,7 @@ class RemoteIntrospector:
             rule end to end: a token is accepted, and its grant cached, until `exp`
             + `leeway` and no longer (`TokenVerifier` takes the leeway from here).
         max_token_size: Longer tokens are refused (401) without a call.
+        clock: The monotonic clock the backoff after a failure runs on.
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class RemoteIntrospector:
         deadline: float = 10.0,
         leeway: float = 30,
         max_token_size: int = MAX_TOKEN_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if endpoint is not None:
             check_url(endpoint, "introspection endpoint")
@@ -167,7 +169,7 @@ class RemoteIntrospector:
         self._key_id = key_id
         self._deadline = deadline
         self._max_size = max_token_size
-        self._backoff = Backoff()
+        self._backoff = Backoff(clock=clock)
         self.leeway = leeway
         self._leeway_delta = timedelta(seconds=leeway)
         self._credentials: dict[str, str] = {}
