@@ -218,7 +218,12 @@ class RemoteIntrospector:
             form["client_assertion"] = self._assertion(endpoint)
         if self._hint is not None:
             form["token_type_hint"] = self._hint
-        return await self._post(endpoint, form)
+        answer = await self._post(endpoint, form)
+        if not isinstance(answer.get("active"), bool):
+            # RFC 7662 §2.2: "active" is REQUIRED and boolean. Checked here, inside the
+            # backoff, so that a server answering this way is not asked on every request.
+            raise BackendUnavailableError("introspection answer without a boolean 'active'")
+        return answer
 
     def _assertion(self, endpoint: str) -> str:
         # RFC 7523 §3: iss and sub are the client id; a unique jti and a short exp.
@@ -305,11 +310,7 @@ class RemoteIntrospector:
         raise BackendUnavailableError(f"introspection refused: HTTP {status}")
 
     def _check(self, answer: Mapping[str, Any]) -> TokenInfo:
-        active = answer.get("active")
-        if not isinstance(active, bool):
-            # RFC 7662 §2.2: "active" is REQUIRED and boolean.
-            raise BackendUnavailableError("introspection answer without a boolean 'active'")
-        if not active:
+        if not answer["active"]:  # a boolean: checked by `_ask`
             return _INACTIVE
         info = TokenInfo.from_claims(answer, scope_claims=self._scope_claims)
         token_type = answer.get("token_type")
