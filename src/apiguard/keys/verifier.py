@@ -19,6 +19,7 @@ from typing import NoReturn
 import anyio
 from starlette.authentication import AuthCredentials
 
+from apiguard._backoff import Backoff
 from apiguard._cache import CacheOptions, VerdictCache
 from apiguard.exceptions import (
     ApiGuardError,
@@ -61,7 +62,10 @@ class KeyVerifier:
             imported key cannot take the whole queue from the other keys.
         deadline: Seconds one lookup may take in all (the store read and the hash
             verification); then the request gets 503. Bookkeeping writes get the
-            same deadline each.
+            same deadline each. A failed lookup (an outage, or the deadline passed)
+            is not retried for a short, growing, jittered time (0.5-1 s, then up to
+            30 s): requests that need the store get 503 at once meanwhile, so an
+            outage is not amplified; keys in the cache are not affected.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class KeyVerifier:
         self._slow_total = 0
         self._deadline = deadline
         self._clock = clock
+        self._backoff = Backoff(clock=clock)
         self._usage: dict[str, datetime] = {}
         self._new_hashes: dict[str, str] = {}
         self._flushing = False
@@ -154,7 +159,12 @@ class KeyVerifier:
 
         try:
             with anyio.fail_after(self._deadline):
-                record = await self.store.get(parsed.key_id)
+                # A failing store is not asked again at once (`Backoff`).
+                record = await self._backoff.call(
+                    partial(self.store.get, parsed.key_id),
+                    deadline=self._deadline,
+                    what="key store",
+                )
                 if record is None:
                     self._refuse(digest, parsed.key_id, "unknown key", generation)
                 if self._hasher.is_fast(record.secret_hash):
