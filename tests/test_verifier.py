@@ -352,10 +352,10 @@ async def test_a_flush_is_one_pass_however_fast_new_usage_arrives(
 
 
 async def test_a_hanging_store_is_cut_off_by_the_deadline(
-    counting: CountingStore, hasher: KeyHasher
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock
 ) -> None:
     """A lookup ends within `deadline` (503), and so does a bookkeeping write."""
-    verifier = KeyVerifier(counting, hasher, deadline=0.2)
+    verifier = KeyVerifier(counting, hasher, deadline=0.2, clock=clock)
     issued = await KeyManager(counting, hasher).create("a")
     counting.gate = anyio.Event()  # never set: the store hangs
     started = anyio.current_time()
@@ -363,6 +363,9 @@ async def test_a_hanging_store_is_cut_off_by_the_deadline(
         await verifier.verify(issued.key.encode())
     assert anyio.current_time() - started < 2
     counting.gate = None
+    with pytest.raises(BackendUnavailableError, match="backing off"):  # not asked at once
+        await verifier.verify(issued.key.encode())
+    clock.now += 1.0
     await verifier.verify(issued.key.encode())
 
     async def hang(key_id: str, *, at: datetime) -> None:
