@@ -56,6 +56,7 @@ class FaultyServer:
         default_factory=lambda: {"discovery": "ok", "jwks": "ok", "introspect": "ok"}
     )
     calls: Counter[str] = field(default_factory=Counter)
+    asked: Counter[str] = field(default_factory=Counter)  # introspections, by token
     active: dict[str, dict[str, Any]] = field(default_factory=dict)
     issuer: str = ""
     _stopping: bool = False
@@ -130,8 +131,9 @@ class FaultyServer:
             return await self._answer("jwks", self.jwks())
 
         async def introspect(request: Request) -> Response:
-            form = parse_qs((await request.body()).decode())
-            answer = self.active.get(form.get("token", [""])[0], {"active": False})
+            token = parse_qs((await request.body()).decode()).get("token", [""])[0]
+            self.asked[token] += 1
+            answer = self.active.get(token, {"active": False})
             return await self._answer("introspect", answer)
 
         async def moved(request: Request) -> Response:
