@@ -35,6 +35,7 @@ from apiguard.tokens import (
     RemoteIntrospector,
     TrustedIssuer,
 )
+from apiguard.types import ASGIApp
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
 
@@ -151,16 +152,26 @@ async def revoke(request: Request) -> PlainTextResponse:
     return PlainTextResponse("revoked")
 
 
-app = AuthMiddleware(
-    Starlette(
-        routes=[
-            Route("/", hello),
-            Route("/stats", stats),
-            Route("/stats/reset", reset),
-            Route("/admin/revoke/{key_ids}", revoke, methods=["POST"]),
-        ],
-        lifespan=lifespan,
-    ),
-    authenticators=[keys, bearer],
-    exclude_paths=["/stats", "/stats/*", "/admin/*"],
+async def bare_hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("bare")
+
+
+inner = Starlette(
+    routes=[
+        Route("/", bare_hello if os.environ.get("APIGUARD_LOAD_BARE") else hello),
+        Route("/stats", stats),
+        Route("/stats/reset", reset),
+        Route("/admin/revoke/{key_ids}", revoke, methods=["POST"]),
+    ],
+    lifespan=lifespan,
+)
+# `APIGUARD_LOAD_BARE` set: the same app without apiguard, for benchmarks/bench_loop_lag.py.
+app: ASGIApp = (
+    inner
+    if os.environ.get("APIGUARD_LOAD_BARE")
+    else AuthMiddleware(
+        inner,
+        authenticators=[keys, bearer],
+        exclude_paths=["/stats", "/stats/*", "/admin/*"],
+    )
 )

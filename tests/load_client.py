@@ -7,14 +7,24 @@ every connection before any answer is read: `connections * depth` requests are
 in flight together, while the client holds only `connections` sockets. Each
 answer is returned with the moment its request was written, on the
 `time.monotonic()` clock, which every process on the machine shares.
+
+`start_load_app()` serves tests/load_app.py with uvicorn in a process of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .servers import free_port
 
 _IO_TIMEOUT = 120.0  # seconds without progress on one connection: the test fails
 
@@ -97,3 +107,58 @@ async def pipelined(
     await asyncio.gather(*tasks)
     assert all(answer is not None for answer in answers)
     return answers  # type: ignore[return-value]
+
+
+_ROOT = Path(__file__).parent.parent
+_STARTUP_TIMEOUT = 60.0
+
+
+@dataclass
+class LoadApp:
+    """tests/load_app.py served by one uvicorn process on loopback."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    async def wait_up(self, client: httpx.AsyncClient) -> None:
+        """Return once `/stats` answers; raise if the process ends or takes too long."""
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        while True:
+            try:
+                if (await client.get(f"http://127.0.0.1:{self.port}/stats")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{self.output()}")
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a hung server
+                self.process.kill()
+                self.process.wait(30)
+
+
+def start_load_app(env: dict[str, str], log: Path) -> LoadApp:
+    """Start uvicorn (one worker) on tests/load_app.py with `env` added to the environment.
+
+    uvicorn picks uvloop and httptools when they are installed, asyncio and h11 if not.
+    """
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "uvicorn", "tests.load_app:app",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backlog", "4096", "--timeout-keep-alive", "120",
+             "--log-level", "warning", "--no-access-log"],
+            cwd=_ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return LoadApp(port, process, log)

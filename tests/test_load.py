@@ -23,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -44,20 +41,17 @@ from apiguard.keys import KeyHasher, KeyManager, open_store
 from apiguard.keys.format import format_key, generate_key, parse_key
 
 from .fault_server import FaultyServer, faulty_server
-from .load_client import Answer, get, pipelined
-from .servers import free_port
+from .load_client import Answer, get, pipelined, start_load_app
 from .token_support import AUDIENCE, RSA_KEY_2, mint
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).parent.parent
 CONNECTIONS = 500
 DEPTH = 20  # CONNECTIONS * DEPTH = 10,000 requests in flight at once
 MAX_SIZE = 1000  # of each verification cache, in the server
 TOKEN_TTL = 1.0  # seconds a token grant is trusted without asking again
 SLACK = 1.0  # seconds for an introspection answer given before a revoke to arrive
 PEPPER = "load-test-pepper-" + "0" * 32
-STARTUP_TIMEOUT = 60.0
 REVOKE_AT = 0.1  # the share of answers in when the revocations are made
 
 
@@ -80,55 +74,10 @@ class Revocations:
     tokens_done: float = math.inf
 
 
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
 @pytest.fixture
 def issuer() -> Iterator[FaultyServer]:
     with faulty_server() as state:
         yield state
-
-
-def start(store_url: str, issuer: str, log: Path) -> Server:
-    port = free_port()
-    env = {
-        **os.environ,
-        "APIGUARD_LOAD_STORE": store_url,
-        "APIGUARD_LOAD_ISSUER": issuer,
-        "APIGUARD_LOAD_AUDIENCE": AUDIENCE,
-        "APIGUARD_LOAD_PEPPER": PEPPER,
-        "APIGUARD_LOAD_MAX_SIZE": str(MAX_SIZE),
-        "APIGUARD_LOAD_TOKEN_TTL": str(TOKEN_TTL),
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "uvicorn", "tests.load_app:app",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backlog", "4096", "--timeout-keep-alive", "120",
-             "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    return Server(port, process, log)
-
-
-async def wait_up(client: httpx.AsyncClient, server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        try:
-            if (await client.get("/stats")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the server did not start:\n{server.output()}")
-        await anyio.sleep(0.05)
 
 
 def api_key(key: str) -> tuple[str, str]:
@@ -247,13 +196,23 @@ async def test_ten_thousand_concurrent_requests(
     requests = [get("/", [sent.header]) for sent in plan]
     assert len(requests) >= CONNECTIONS * DEPTH
 
-    server = start(store_url, issuer.issuer, tmp_path / "server.log")
+    server = start_load_app(
+        {
+            "APIGUARD_LOAD_STORE": store_url,
+            "APIGUARD_LOAD_ISSUER": issuer.issuer,
+            "APIGUARD_LOAD_AUDIENCE": AUDIENCE,
+            "APIGUARD_LOAD_PEPPER": PEPPER,
+            "APIGUARD_LOAD_MAX_SIZE": str(MAX_SIZE),
+            "APIGUARD_LOAD_TOKEN_TTL": str(TOKEN_TTL),
+        },
+        tmp_path / "server.log",
+    )
     revoked = Revocations()
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{server.port}", timeout=120
         ) as admin:
-            await wait_up(admin, server)
+            await server.wait_up(admin)
             expired_at = max(k.record.expires_at.timestamp() for k in expiring)  # type: ignore[union-attr]
             await anyio.sleep(max(0.0, expired_at - time.time()))  # the expiring keys: expired
             await admin.get("/stats/reset")
@@ -297,8 +256,7 @@ async def test_ten_thousand_concurrent_requests(
             duration = time.monotonic() - started
             stats = (await admin.get("/stats")).json()
     finally:
-        server.process.terminate()
-        server.process.wait(30)
+        server.stop()
     assert "Traceback" not in server.output(), server.output()
 
     windows = math.ceil(duration / TOKEN_TTL) + 1
