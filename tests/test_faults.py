@@ -174,11 +174,11 @@ def jwt_rig(server: FaultyServer, *, discover: bool, http: httpx.AsyncClient) ->
 
 
 def introspection_rig(
-    server: FaultyServer, http: httpx.AsyncClient, endpoint: str | None = None
+    server: FaultyServer, http: httpx.AsyncClient, *, token_cache: RedisTokenCache | None = None
 ) -> Rig:
     clock = FakeClock()
     introspector = RemoteIntrospector(
-        endpoint or f"{server.issuer}/introspect",
+        f"{server.issuer}/introspect",
         client_id="api",
         client_secret="api-secret",
         audience=AUDIENCE,
@@ -197,7 +197,11 @@ def introspection_rig(
         server.heal()
 
     return Rig(
-        guarded(BearerAuth(introspector)), fresh, lambda: server.calls["introspect"], heal, clock
+        guarded(BearerAuth(introspector, token_cache=token_cache)),
+        fresh,
+        lambda: server.calls["introspect"],
+        heal,
+        clock,
     )
 
 
@@ -563,9 +567,8 @@ async def test_shared_token_cache_fault(
     never a 503 for the cache alone; Redis is used again once it is back."""
     redis_server = make_redis_server()
     cache = RedisTokenCache.from_url(redis_server.url(), timeout=0.2, retry_interval=0.2)
-    rig = introspection_rig(server, http)
-    introspector = rig.app._authenticators[0].verifier.introspector  # type: ignore[attr-defined]
-    app = guarded(BearerAuth(introspector, token_cache=cache))
+    rig = introspection_rig(server, http, token_cache=cache)
+    app = rig.app
     down, up = (
         (redis_server.stop, redis_server.start)
         if fault == "down"
