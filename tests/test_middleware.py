@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -286,6 +287,8 @@ async def test_store_failure_fails_closed_with_503(
     }
     assert "db down" not in response.text
     key_store.error = None
+    if isinstance(error, BackendUnavailableError):
+        await anyio.sleep(1.0)  # past the backoff after an outage (0.5-1 s)
     response = await client.get("/", headers={"X-API-Key": issued.key})
     assert response.status_code == 200
 

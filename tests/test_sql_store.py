@@ -367,13 +367,15 @@ async def test_postgres_paused_lookup_is_cut_off_by_the_deadline_then_recovers(
     """A lookup on a server that stopped answering ends at the verifier's deadline (503),
     long before the driver's own timeouts; once the server answers again, so do we."""
     from apiguard.keys import KeyHasher, KeyManager, KeyVerifier
+    from apiguard.testing import FakeClock
 
     server = make_postgres_server()
     store = SQLKeyStore.from_url(server.url())  # driver timeouts: 10 s connect, 30 s statement
     hasher = KeyHasher("p" * 40)
     try:
         issued = await KeyManager(store, hasher).create("a")
-        verifier = KeyVerifier(store, hasher, deadline=0.5)
+        clock = FakeClock()
+        verifier = KeyVerifier(store, hasher, deadline=0.5, clock=clock)
         server.pause()
         try:
             started = time.monotonic()
@@ -382,6 +384,7 @@ async def test_postgres_paused_lookup_is_cut_off_by_the_deadline_then_recovers(
             assert time.monotonic() - started < 3
         finally:
             server.resume()
+        clock.now += 1.0  # past the backoff that follows a failed lookup (0.5-1 s)
         with anyio.fail_after(10):
             principal, _ = await verifier.verify(issued.key.encode())
         assert principal.key_id == issued.record.key_id

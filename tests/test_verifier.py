@@ -253,13 +253,21 @@ async def test_concurrent_requests_share_one_lookup(
 
 
 async def test_store_outage_raises_and_is_not_cached(
-    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, clock: FakeClock
 ) -> None:
-    issued = await KeyManager(counting, hasher).create("a")
+    """An outage is not cached, but the store is not asked again at once (backoff)."""
+    manager = KeyManager(counting, hasher)
+    issued, other = await manager.create("a"), await manager.create("b")
     counting.down = True
     with pytest.raises(BackendUnavailableError):
         await verifier.verify(issued.key.encode())
+    assert counting.gets == 1
     counting.down = False
+    for key in (issued.key, other.key):  # any key: it is the store that is failing
+        with pytest.raises(BackendUnavailableError, match="backing off"):
+            await verifier.verify(key.encode())
+    assert counting.gets == 1
+    clock.now += 1.0  # the first delay is 0.5-1 s
     principal, _ = await verifier.verify(issued.key.encode())
     assert principal.key_id == issued.record.key_id
 
@@ -279,10 +287,10 @@ async def test_keys_verified_before_an_outage_are_served_from_the_cache(
 
 
 async def test_a_hanging_store_is_cut_off_by_the_deadline(
-    counting: CountingStore, hasher: KeyHasher
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock
 ) -> None:
-    """A lookup ends within `deadline` (503)."""
-    verifier = KeyVerifier(counting, hasher, deadline=0.2)
+    """A lookup ends within `deadline` (503), and the store is not asked again at once."""
+    verifier = KeyVerifier(counting, hasher, deadline=0.2, clock=clock)
     issued = await KeyManager(counting, hasher).create("a")
     counting.gate = anyio.Event()  # never set: the store hangs
     started = anyio.current_time()
@@ -290,6 +298,9 @@ async def test_a_hanging_store_is_cut_off_by_the_deadline(
         await verifier.verify(issued.key.encode())
     assert anyio.current_time() - started < 2
     counting.gate = None
+    with pytest.raises(BackendUnavailableError, match="backing off"):  # not asked at once
+        await verifier.verify(issued.key.encode())
+    clock.now += 1.0
     await verifier.verify(issued.key.encode())
 
 
@@ -591,8 +602,9 @@ async def test_stale_if_error_serves_a_grant_past_its_ttl_during_an_outage(
     with pytest.raises(BackendUnavailableError):
         await verifier.verify(key)
     counting.down = False
+    clock.now += 4.0  # past the backoff (the store failed three times in a row)
     await verifier.verify(key)
-    assert counting.gets == 7
+    assert counting.gets == 5  # asked once per backoff delay, not on every request
 
 
 async def test_stale_if_error_is_off_by_default(

@@ -13,11 +13,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection
+from functools import partial
 from typing import NoReturn
 
 import anyio
 from starlette.authentication import AuthCredentials
 
+from apiguard._backoff import Backoff
 from apiguard._cache import CacheOptions, VerdictCache
 from apiguard.exceptions import (
     ApiGuardError,
@@ -58,7 +60,10 @@ class KeyVerifier:
             imported key cannot take the whole queue from the other keys.
         deadline: Seconds one lookup may take in all (the store read and the hash
             verification); then the request gets 503. Bookkeeping writes get the
-            same deadline in all.
+            same deadline in all. A failed lookup (an outage, or the deadline passed)
+            is not retried for a short, growing, jittered time (0.5-1 s, then up to
+            30 s): requests that need the store get 503 at once meanwhile, so an
+            outage is not amplified; keys in the cache are not affected.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class KeyVerifier:
         self._slow_total = 0
         self._deadline = deadline
         self._clock = clock
+        self._backoff = Backoff(clock=clock)
         self._new_hashes: dict[str, str] = {}
         self._flushing = False
         self.pending = False
@@ -147,19 +153,25 @@ class KeyVerifier:
         except UnicodeDecodeError:
             raise InvalidCredentials(reason="malformed") from None
 
-        try:
-            with anyio.fail_after(self._deadline):
-                record = await self.store.get(parsed.key_id)
-                if record is None:
-                    self._refuse(digest, parsed.key_id, "unknown key", generation)
-                if self._hasher.is_fast(record.secret_hash):
-                    ok, new_hash = self._hasher.verify(parsed.secret, record.secret_hash)
-                else:
+        # One deadline for the lookup and the hash check. The store read runs in the
+        # backoff, which records a read that passes the deadline as a failure, so that
+        # a failing store is not asked again at once.
+        begun = anyio.current_time()
+        record = await self._backoff.call(
+            partial(self.store.get, parsed.key_id), deadline=self._deadline, what="key store"
+        )
+        if record is None:
+            self._refuse(digest, parsed.key_id, "unknown key", generation)
+        if self._hasher.is_fast(record.secret_hash):
+            ok, new_hash = self._hasher.verify(parsed.secret, record.secret_hash)
+        else:
+            try:
+                with anyio.fail_after(self._deadline - (anyio.current_time() - begun)):
                     ok, new_hash = await self._verify_slowly(parsed.secret, record)
-        except TimeoutError:
-            raise BackendUnavailableError(
-                f"key store: no answer within {self._deadline:g} s"
-            ) from None
+            except TimeoutError:
+                raise BackendUnavailableError(
+                    f"key store: no answer within {self._deadline:g} s"
+                ) from None
         if not ok:
             self._refuse(digest, parsed.key_id, "wrong secret", generation)
         wall_now = utcnow()
