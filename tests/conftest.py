@@ -5,11 +5,13 @@ import pytest
 # The contract suite in apiguard.testing asserts; let pytest explain its failures.
 pytest.register_assert_rewrite("apiguard.testing")
 
+import os  # noqa: E402
 from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore, open_store  # noqa: E402
 from apiguard.types import ASGIApp, KeyStore  # noqa: E402
@@ -147,3 +149,22 @@ def make_client() -> MakeClient:
         )
 
     return make
+
+
+# --- Hypothesis ---------------------------------------------------------------
+# Property tests draw the same examples on every run and keep no example database,
+# so that CI cannot flake on a newly found input: a failure prints the example and
+# the `@reproduce_failure` blob. `HYPOTHESIS_PROFILE=explore` draws new examples,
+# ten times as many, for a search by hand.
+settings.register_profile(
+    "apiguard",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore", parent=settings.get_profile("apiguard"), derandomize=False, max_examples=1000
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "apiguard"))
