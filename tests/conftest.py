@@ -6,6 +6,7 @@ import pytest
 pytest.register_assert_rewrite("apiguard.testing")
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -27,7 +28,8 @@ from apiguard.types import ASGIApp, KeyStore  # noqa: E402
 from tests.leak_scan import LeakFound, LeakScanner, ScanHandler, url_password, wrap_everywhere  # noqa: E402
 from tests.servers import PostgresCluster, PostgresServer, RedisServer  # noqa: E402
 
-PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
+# Random-looking, like a real pepper: the leak scan looks for any 8 characters of it.
+PEPPER = "test-pepper-9Wq4Rk7Tz2Mv8Xc5Ln3Hb6Jd1Fg0PsYe"
 
 
 @pytest.fixture
@@ -240,6 +242,7 @@ def _leak_scan_hooks() -> Iterator[LeakScanner]:
     with pytest.MonkeyPatch.context() as patch:
         generate_key = apiguard.keys.format.generate_key
 
+        @functools.wraps(generate_key)
         def recording_generate_key(*args: Any, **kwargs: Any) -> Any:
             key = generate_key(*args, **kwargs)
             scanner.record(key.value[-(SECRET_LENGTH + CHECKSUM_LENGTH) :], "a generated API key")
@@ -250,6 +253,7 @@ def _leak_scan_hooks() -> Iterator[LeakScanner]:
 
         resolve_pepper = apiguard.keys.hashing._resolve_pepper
 
+        @functools.wraps(resolve_pepper)
         def recording_resolve_pepper(pepper: Any) -> Any:
             resolved = resolve_pepper(pepper)
             scanner.record(resolved, "a pepper")
@@ -259,6 +263,7 @@ def _leak_scan_hooks() -> Iterator[LeakScanner]:
 
         encode = jwt.encode
 
+        @functools.wraps(encode)
         def recording_encode(*args: Any, **kwargs: Any) -> str:
             token = encode(*args, **kwargs)
             scanner.record(token.rpartition(".")[2], "a minted JWT's signature")
