@@ -34,6 +34,7 @@ from apiguard.keys.format import (
     parse_key,
 )
 from apiguard.policies import parse_requirement, route_path, validate_scopes
+from apiguard.tokens import TokenInfo
 from apiguard.tokens.info import MAX_SCOPES, scopes_from_claims
 from apiguard.tokens.jwks import _segment, looks_like_jwt
 from apiguard.types import Scope
@@ -276,6 +277,28 @@ def test_scopes_from_any_claim_value(value: Any) -> None:
         assert " " not in scope
     if isinstance(value, str):
         assert scopes == frozenset(value.split())
+
+
+@settings(max_examples=500)
+@given(
+    st.dictionaries(
+        st.sampled_from(["aud", "exp", "iat", "sub", "client_id", "scope", "cnf", "iss", "x"]),
+        json_values | st.floats(allow_nan=True),
+    )
+)
+@example({"aud": 4102444800})
+def test_token_info_from_any_claims(claims: dict[str, Any]) -> None:
+    """An introspection answer or verified JWT of any shape is a `TokenInfo` or a 401."""
+    reason: str | None = None
+    try:
+        info = TokenInfo.from_claims({"active": True, **claims})
+    except InvalidToken as exc:
+        reason = exc.reason
+    if reason is not None:
+        assert reason == "malformed time claim"
+        return
+    assert all(isinstance(a, str) for a in info.audience)
+    assert all(isinstance(s, str) for s in info.scopes)
 
 
 def test_scopes_from_claims_are_capped() -> None:
