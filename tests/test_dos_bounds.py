@@ -21,15 +21,24 @@ from apiguard import BackendUnavailableError, InvalidCredentials, InvalidToken
 from apiguard._backoff import Backoff
 from apiguard._cache import TTLCache
 from apiguard.keys.format import MAX_KEY_LENGTH, MAX_PREFIX_LENGTH, generate_key, parse_key
-from apiguard.tokens import JWTIntrospector, RemoteIntrospector
+from apiguard.tokens import JWTIntrospector, RemoteIntrospector, TokenInfo
 from apiguard.tokens._http import MAX_RESPONSE_BYTES
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import MAX_SCOPES, scopes_from_claims
 from apiguard.tokens.jwks import MAX_KEYS, MAX_TOKEN_SIZE, _segment
-from apiguard.tokens.verifier import MAX_PRESENTED_TOKEN, TokenVerifier
+from apiguard.tokens.verifier import MAX_PRESENTED_TOKEN, MAX_SCOPE_SETS, TokenVerifier
 
 from .conftest import FakeClock
-from .token_support import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, FakeIssuer, mint, public_jwk
+from .token_support import (
+    AUDIENCE,
+    EC_KEY,
+    ISSUER,
+    RSA_KEY,
+    FakeIssuer,
+    TableIntrospector,
+    mint,
+    public_jwk,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -269,6 +278,19 @@ async def scopes(count: int) -> str:
     return "all kept" if len(found) == count else f"{len(found)} kept"
 
 
+async def scope_sets(count: int) -> str:
+    """Tokens granting `count` different scope sets: one shared set object per scope set,
+    kept for at most MAX_SCOPE_SETS sets."""
+    introspector = TableIntrospector()
+    for i in range(count):
+        introspector.answers[f"t{i}"] = TokenInfo(active=True, scopes=frozenset({f"s{i}"}))
+    verifier = TokenVerifier(introspector)
+    for i in range(count):
+        await verifier.verify(f"t{i}".encode())
+    kept = len(verifier._scope_sets)
+    return "all kept" if kept == count else f"{kept} kept"
+
+
 async def deadline(seconds: float) -> str:
     """An outbound call that does not answer within its deadline is a 503."""
     backoff = Backoff()
@@ -295,6 +317,7 @@ BOUNDS = [
     Bound("retry delay cap (s)", 30, lambda: retry_cap(5), lambda: retry_cap(40), "asked", "asked"),
     Bound("cache entries (CacheOptions.max_size)", 100, lambda: cache_entries(100), lambda: cache_entries(101), "all kept", "100 kept"),
     Bound("scopes per token", MAX_SCOPES, lambda: scopes(MAX_SCOPES), lambda: scopes(MAX_SCOPES + 1), "all kept", f"{MAX_SCOPES} kept"),
+    Bound("scope sets shared by cached grants", MAX_SCOPE_SETS, lambda: scope_sets(MAX_SCOPE_SETS), lambda: scope_sets(MAX_SCOPE_SETS + 1), "all kept", f"{MAX_SCOPE_SETS} kept"),
     Bound("per-call deadline", 0.05, lambda: deadline(0), lambda: deadline(1), "accepted", "503"),
 ]  # fmt: skip
 
