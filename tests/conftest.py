@@ -166,8 +166,8 @@ def make_client() -> MakeClient:
 # --- Hypothesis ---------------------------------------------------------------
 # Property tests draw the same examples on every run and keep no example database,
 # so that CI cannot flake on a newly found input: a failure prints the example and
-# the `@reproduce_failure` blob. `HYPOTHESIS_PROFILE=explore` draws new examples,
-# ten times as many, for a search by hand.
+# the `@reproduce_failure` blob. `HYPOTHESIS_PROFILE=explore` draws new, random
+# examples on each run (as many per test), for a search by hand.
 settings.register_profile(
     "apiguard",
     derandomize=True,
@@ -176,9 +176,7 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile(
-    "explore", parent=settings.get_profile("apiguard"), derandomize=False, max_examples=1000
-)
+settings.register_profile("explore", parent=settings.get_profile("apiguard"), derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "apiguard"))
 
 
