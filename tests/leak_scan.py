@@ -63,7 +63,9 @@ class LeakScanner:
         if not secret or len(secret) < self.fragment:
             return
         for i in range(len(secret) - self.fragment + 1):
-            self._windows.setdefault(secret[i : i + self.fragment], origin)
+            window = secret[i : i + self.fragment]
+            if len(set(window)) >= 4:  # "pppppppp" in a test pepper is not told from chance
+                self._windows.setdefault(window, origin)
 
     def find(self, text: str) -> tuple[str, str] | None:
         """The first fragment of a recorded secret in `text`, with its origin."""

@@ -37,6 +37,9 @@ def test_a_fragment_is_enough(leak_scanner: LeakScanner) -> None:
         scanner.check()
     logging.getLogger("sqlalchemy.engine").info("params=(%r,)", PEPPER[5:12])
     scanner.check()  # seven characters: too short to tell from chance
+    scanner.record("p" * 32, "a repetitive pepper")
+    scanner.scan("p" * 40, "a place")
+    scanner.check()  # fragments of fewer than 4 different characters are not recorded
 
 
 def test_a_secret_in_an_exception_message_fails_the_test(leak_scanner: LeakScanner) -> None:

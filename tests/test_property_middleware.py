@@ -28,6 +28,7 @@ from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.tokens import JWTIntrospector
 from apiguard.types import Message, Scope
 
+from .conftest import PEPPER
 from .token_support import AUDIENCE, ISSUER, FakeIssuer, mint
 
 # The middleware's refusals (README "Responses"); the router's own (404, 405, and 307 to
@@ -69,7 +70,7 @@ def site() -> Iterator[Site]:
             allow_methods=["GET"],
         ),
         authenticators=[
-            APIKeyAuth(store, hasher=KeyHasher("p" * 32), query_param="api_key"),
+            APIKeyAuth(store, hasher=KeyHasher(PEPPER), query_param="api_key"),
             BearerAuth(introspector),
         ],
         exclude_paths=["/health", "/public/*"],
@@ -80,7 +81,7 @@ def site() -> Iterator[Site]:
 
 
 async def _create_key(store: MemoryKeyStore) -> str:
-    created = await KeyManager(store, KeyHasher("p" * 32)).create("property", scopes={"items:read"})
+    created = await KeyManager(store, KeyHasher(PEPPER)).create("property", scopes={"items:read"})
     return created.key
 
 
