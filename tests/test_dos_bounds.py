@@ -28,7 +28,6 @@ from apiguard.tokens.info import MAX_SCOPES, scopes_from_claims
 from apiguard.tokens.jwks import MAX_KEYS, MAX_TOKEN_SIZE, _segment
 from apiguard.tokens.verifier import MAX_PRESENTED_TOKEN, MAX_SCOPE_SETS, TokenVerifier
 
-from .conftest import FakeClock
 from .token_support import (
     AUDIENCE,
     EC_KEY,
@@ -43,6 +42,16 @@ from .token_support import (
 pytestmark = pytest.mark.anyio
 
 Outcome = Callable[[], Awaitable[str]]
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass(frozen=True)
