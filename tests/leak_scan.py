@@ -28,6 +28,20 @@ from urllib.parse import urlsplit
 FRAGMENT = 8
 
 
+_WORDY = frozenset("abcdefghijklmnopqrstuvwxyz-_. ")
+
+
+def _random_looking(window: str) -> bool:
+    """Whether a fragment could not be told from ordinary text by chance.
+
+    Fragments of fewer than 4 different characters (`pppppppp`) or of lower-case
+    letters and separators only (`apiguard`, `-testing` from a public test pepper)
+    are words and padding, not secrets. A random base62 key or a signature loses
+    about one window in a thousand to this rule.
+    """
+    return len(set(window)) >= 4 and not set(window) <= _WORDY
+
+
 class LeakFound(AssertionError):
     """A recorded secret was seen where it must not be."""
 
@@ -64,7 +78,7 @@ class LeakScanner:
             return
         for i in range(len(secret) - self.fragment + 1):
             window = secret[i : i + self.fragment]
-            if len(set(window)) >= 4:  # "pppppppp" in a test pepper is not told from chance
+            if _random_looking(window):
                 self._windows.setdefault(window, origin)
 
     def find(self, text: str) -> tuple[str, str] | None:

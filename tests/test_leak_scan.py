@@ -40,6 +40,9 @@ def test_a_fragment_is_enough(leak_scanner: LeakScanner) -> None:
     scanner.record("p" * 32, "a repetitive pepper")
     scanner.scan("p" * 40, "a place")
     scanner.check()  # fragments of fewer than 4 different characters are not recorded
+    scanner.record("apiguard-testing-pepper-not-for-production", "a public test pepper")
+    scanner.scan("apiguard.testing logged", "a place")
+    scanner.check()  # nor words: lower-case letters and separators only
 
 
 def test_a_secret_in_an_exception_message_fails_the_test(leak_scanner: LeakScanner) -> None:
