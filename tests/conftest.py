@@ -207,6 +207,7 @@ def _public_classes() -> list[type]:
 def _track(patch: pytest.MonkeyPatch, cls: type) -> None:
     original = cls.__init__  # type: ignore[misc]
 
+    @functools.wraps(original)  # inspect.signature() still shows the real parameters
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         if type(self) is cls:
