@@ -9,6 +9,7 @@ holds a valid key or token), every answer is a documented status, and a 500 or a
 from __future__ import annotations
 
 import asyncio
+import atexit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -53,6 +54,7 @@ APP = AuthMiddleware(
 )
 DOCUMENTED = {200, 307, 400, 401, 403, 404, 405}
 LOOP = asyncio.new_event_loop()
+atexit.register(LOOP.close)
 
 
 def scope_of(data: bytes) -> Scope:
