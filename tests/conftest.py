@@ -8,17 +8,31 @@ pytest.register_assert_rewrite("apiguard.testing")
 # apiguard's own fixtures, as its users get them (docs/testing.md).
 pytest_plugins = ["apiguard.pytest_plugin"]
 
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
+from cryptography.hazmat.primitives.serialization import (  # noqa: E402
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore, open_store  # noqa: E402
+from apiguard.keys.format import CHECKSUM_LENGTH, SECRET_LENGTH  # noqa: E402
 from apiguard.types import ASGIApp, KeyStore  # noqa: E402
+from tests.leak_scan import LeakFound, LeakScanner, ScanHandler, url_password, wrap_everywhere  # noqa: E402
 from tests.servers import PostgresCluster, PostgresServer, RedisServer  # noqa: E402
 
-PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
+# Random-looking, like a real pepper: the leak scan looks for any 8 characters of it.
+PEPPER = "test-pepper-9Wq4Rk7Tz2Mv8Xc5Ln3Hb6Jd1Fg0PsYe"
 
 
 @pytest.fixture
@@ -178,3 +192,193 @@ def frozen_limits_clock(monkeypatch: pytest.MonkeyPatch) -> _FrozenTime:
     ):
         monkeypatch.setattr(module, "time", frozen)
     return frozen
+
+
+# --- Hypothesis ---------------------------------------------------------------
+# Property tests draw the same examples on every run and keep no example database,
+# so that CI cannot flake on a newly found input: a failure prints the example and
+# the `@reproduce_failure` blob. `HYPOTHESIS_PROFILE=explore` draws new, random
+# examples on each run (as many per test), for a search by hand.
+settings.register_profile(
+    "apiguard",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", parent=settings.get_profile("apiguard"), derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "apiguard"))
+
+
+# --- secret-leak scan (tests/leak_scan.py) ------------------------------------
+
+_SCANNER = LeakScanner()
+
+
+def _public_classes() -> list[type]:
+    import apiguard
+    import apiguard.exceptions
+    import apiguard.keys
+    import apiguard.tokens
+
+    found: dict[int, type] = {}
+    for module in (apiguard, apiguard.keys, apiguard.tokens, apiguard.exceptions):
+        for name in getattr(module, "__all__", ()):
+            value = getattr(module, name)
+            if (
+                isinstance(value, type)
+                and not getattr(value, "_is_protocol", False)
+                and value.__module__.startswith("apiguard")
+            ):
+                found[id(value)] = value
+    return list(found.values())
+
+
+def _track(patch: pytest.MonkeyPatch, cls: type) -> None:
+    original = cls.__init__  # type: ignore[misc]
+
+    @functools.wraps(original)  # inspect.signature() still shows the real parameters
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if type(self) is cls:
+            _SCANNER.objects.append(self)
+
+    patch.setattr(cls, "__init__", init)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leak_scan_hooks() -> Iterator[LeakScanner]:
+    """Record each secret where the suite makes it; scan what apiguard shows."""
+    import jwt
+    from click.testing import CliRunner
+    from starlette.responses import Response
+
+    import apiguard.keys.format
+    import apiguard.keys.hashing
+    from apiguard._challenge import ErrorResponder
+    from apiguard.tokens import RemoteIntrospector
+
+    from . import servers, token_support
+
+    scanner = _SCANNER
+    scanner.record(PEPPER, "the tests' pepper")
+    for name in ("RSA_KEY", "RSA_KEY_2", "EC_KEY", "ED_KEY"):
+        key = getattr(token_support, name)
+        pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+        scanner.record("".join(pem.splitlines()[1:-1]), f"private key {name}")
+    modules = [m for n, m in list(sys.modules.items()) if n.startswith(("apiguard", "tests"))]
+
+    with pytest.MonkeyPatch.context() as patch:
+        generate_key = apiguard.keys.format.generate_key
+
+        @functools.wraps(generate_key)
+        def recording_generate_key(*args: Any, **kwargs: Any) -> Any:
+            key = generate_key(*args, **kwargs)
+            scanner.record(key.value[-(SECRET_LENGTH + CHECKSUM_LENGTH) :], "a generated API key")
+            scanner.generated.append(key.value)
+            return key
+
+        wrap_everywhere(patch.setattr, modules, generate_key, recording_generate_key)
+
+        resolve_pepper = apiguard.keys.hashing._resolve_pepper
+
+        @functools.wraps(resolve_pepper)
+        def recording_resolve_pepper(pepper: Any) -> Any:
+            resolved = resolve_pepper(pepper)
+            scanner.record(resolved, "a pepper")
+            return resolved
+
+        patch.setattr(apiguard.keys.hashing, "_resolve_pepper", recording_resolve_pepper)
+
+        encode = jwt.encode
+
+        @functools.wraps(encode)
+        def recording_encode(*args: Any, **kwargs: Any) -> str:
+            token = encode(*args, **kwargs)
+            scanner.record(token.rpartition(".")[2], "a minted JWT's signature")
+            return token
+
+        patch.setattr(jwt, "encode", recording_encode)
+
+        introspector_init = RemoteIntrospector.__init__
+
+        def recording_introspector(self: Any, *args: Any, **kwargs: Any) -> None:
+            scanner.record(kwargs.get("client_secret"), "a client secret")
+            introspector_init(self, *args, **kwargs)
+
+        patch.setattr(RemoteIntrospector, "__init__", recording_introspector)
+
+        server_url = servers.PostgresServer.url
+
+        def recording_url(self: Any, *args: Any, **kwargs: Any) -> str:
+            url = server_url(self, *args, **kwargs)
+            scanner.record(url_password(url), "a store URL password")
+            return url
+
+        patch.setattr(servers.PostgresServer, "url", recording_url)
+
+        for cls in _public_classes():
+            _track(patch, cls)
+
+        # Bodies apiguard sends (refusals, from its own or the app's hook); the tests'
+        # apps echo requests back on purpose and are not scanned.
+        respond = ErrorResponder.response
+
+        async def scanned_response(self: ErrorResponder, *args: Any) -> Response:
+            response = await respond(self, *args)
+            scanner.scan(bytes(response.body), f"a {response.status_code} refusal body")
+            return response
+
+        patch.setattr(ErrorResponder, "response", scanned_response)
+
+        invoke = CliRunner.invoke
+
+        def scanned_invoke(self: CliRunner, *args: Any, **kwargs: Any) -> Any:
+            before = len(scanner.generated)
+            result = invoke(self, *args, **kwargs)
+            with contextlib.ExitStack() as shown:
+                for key in scanner.generated[before:]:  # `keys create` shows a key once
+                    shown.enter_context(scanner.exempt(key))
+                scanner.scan(result.output, "the apiguard command's output")
+            return result
+
+        patch.setattr(CliRunner, "invoke", scanned_invoke)
+        # Every logger logs at DEBUG into the scan, apiguard's and its drivers'; what
+        # reaches the handlers (and caplog) is still decided by the configured levels.
+        handler = ScanHandler(scanner)
+        is_enabled_for = logging.Logger.isEnabledFor
+        handle = logging.Logger.handle
+
+        def scanned_handle(self: logging.Logger, record: logging.LogRecord) -> Any:
+            handler.emit(record)
+            if is_enabled_for(self, record.levelno):
+                return handle(self, record)
+            return None
+
+        patch.setattr(logging.Logger, "isEnabledFor", lambda self, level: not self.disabled)
+        patch.setattr(logging.Logger, "handle", scanned_handle)
+        yield scanner
+
+
+@pytest.fixture
+def leak_scanner(_leak_scan_hooks: LeakScanner) -> LeakScanner:
+    """The suite's secret-leak scanner, for tests of the scan itself."""
+    return _leak_scan_hooks
+
+
+@pytest.fixture(autouse=True)
+def _leak_scan(_leak_scan_hooks: LeakScanner) -> Iterator[None]:
+    """Fail the test if a secret was seen while it ran."""
+    scanner = _leak_scan_hooks
+    scanner.objects.clear()
+    scanner.findings.clear()
+    yield
+    for obj in scanner.objects:
+        for text in (repr(obj), str(obj)):
+            scanner.scan(text, f"repr/str of a {type(obj).__name__}")
+    scanner.objects.clear()
+    try:
+        scanner.check()
+    except LeakFound as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -57,9 +57,10 @@ def read_query(scope: Scope, param: str) -> bytes | None:
     query: bytes = scope.get("query_string", b"")
     if param.encode() not in query:  # cheap test before parsing
         return None
-    values = [
-        v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == param
-    ]
+    # Percent-escapes decoded as latin-1: one character per byte, so the value's
+    # bytes come back exactly, whatever they encode.
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    values = [v for k, v in pairs if k == param]
     if len(values) > 1:
         raise InvalidRequest(reason="credential sent twice")
     return values[0].encode("latin-1") if values else None
@@ -106,5 +107,6 @@ def strip_headers(scope: Scope, names: frozenset[bytes]) -> None:
 def strip_query(scope: Scope, param: str) -> None:
     """Remove query parameter `param` from the request the app sees."""
     query: bytes = scope.get("query_string", b"")
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    scope["query_string"] = urlencode([(k, v) for k, v in pairs if k != param]).encode("latin-1")
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    kept = [(k, v) for k, v in pairs if k != param]
+    scope["query_string"] = urlencode(kept, encoding="latin-1").encode("latin-1")

@@ -75,8 +75,13 @@ class TokenInfo:
         ):
             raise InvalidToken(reason="malformed time claim")
         aud = claims.get("aud")
+        # RFC 7519 §4.1.3: a string or an array of strings; anything else names no one.
         audience = (
-            (aud,) if isinstance(aud, str) else tuple(a for a in aud or () if isinstance(a, str))
+            (aud,)
+            if isinstance(aud, str)
+            else tuple(a for a in aud if isinstance(a, str))
+            if isinstance(aud, list)
+            else ()
         )
         cnf = claims.get("cnf")
         return cls(

@@ -31,6 +31,13 @@ __all__ = ["TokenVerifier"]
 logger = logging.getLogger("apiguard.tokens")
 
 MAX_SCOPE_SETS = 1024
+MAX_PRESENTED_TOKEN = 65_536
+"""Bytes of a presented token hashed and checked at most; longer ones are refused unread.
+
+Introspectors refuse tokens past their own, smaller `max_token_size` (8 KiB by
+default); this bound holds before the cache lookup, whatever the introspector, so a
+server that passes huge headers cannot make each request hash megabytes.
+"""
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
@@ -89,6 +96,8 @@ class TokenVerifier:
             InvalidToken: The token is malformed, inactive, expired or otherwise invalid.
             BackendUnavailableError: The introspector could not get an answer.
         """
+        if len(raw) > MAX_PRESENTED_TOKEN:
+            raise InvalidToken(reason="token too large")
         digest = hashlib.sha256(raw).digest()
         now = self._clock()
         verdicts = self._verdicts

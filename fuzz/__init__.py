@@ -1,0 +1,1 @@
+"""Coverage-guided fuzz harnesses (atheris); see docs/robustness.md and scripts/fuzz."""
