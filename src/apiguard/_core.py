@@ -16,7 +16,9 @@ from starlette.authentication import AuthCredentials
 from starlette.middleware.cors import CORSMiddleware
 
 from apiguard._challenge import ErrorResponder, ErrorResponseHook
+from apiguard._observe import NO_OBSERVER, MetricsSink, Observer, Trace, TracingSink
 from apiguard._startup import SetupFailure, hold_setup_errors
+from apiguard.events import EventHook
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -88,6 +90,9 @@ class GuardOptions(TypedDict, total=False):
     retry_after: int
     error_response: ErrorResponseHook | None
     policies: Sequence[Policy]
+    on_event: EventHook | None
+    metrics: MetricsSink | None
+    tracing: TracingSink | None
 
 
 class AuthMiddleware:
@@ -141,6 +146,14 @@ class AuthMiddleware:
             `ScopeRules([...])` for scopes by path and method. A policy's refusal
             (403 `insufficient_scope`, ...) is sent with the challenge of the
             credential that was used.
+        on_event: `hook(event)` for each decision (an `apiguard.events.AuthEvent`):
+            a coroutine function, run on the event loop, or a plain function, run
+            in a worker thread; either way after the decision, never holding up
+            the response, and its exceptions are logged (docs/observability.md).
+        metrics: An `apiguard.prometheus.PrometheusMetrics` to count decisions,
+            cache hits, backend calls and invalidations in.
+        tracing: An `apiguard.otel.OpenTelemetryTracing`: a span per decision,
+            with a child span per backend call.
 
     Raises:
         ConfigurationError: The options are wrong. When the middleware is made inside
@@ -168,6 +181,9 @@ class AuthMiddleware:
         retry_after: int = 5,
         error_response: ErrorResponseHook | None = None,
         policies: Sequence[Policy] = (),
+        on_event: EventHook | None = None,
+        metrics: MetricsSink | None = None,
+        tracing: TracingSink | None = None,
     ) -> None:
         if not authenticators:
             raise ConfigurationError("at least one authenticator is required")
@@ -207,6 +223,7 @@ class AuthMiddleware:
             for each in self._authenticators
             if (keeper := getattr(each, "bookkeeping", None)) is not None
         )
+        self._observer = observer(self._authenticators, on_event, metrics, tracing, app)
         self._responder = ErrorResponder(
             schemes=[(a.scheme, a.challenge_params) for a in self._authenticators],
             realm=realm,
@@ -241,23 +258,22 @@ class AuthMiddleware:
                 await self._refuse(exc, self._authenticators[0], scope, receive, send)
             return
 
+        observer = self._observer
+        trace = observer.trace(scope) if observer.wanted() else None
         try:
             grant, authenticator = await identify(
-                self._authenticators, scope, optional=self._optional, policies=self._policies
+                self._authenticators,
+                scope,
+                optional=self._optional,
+                policies=self._policies,
+                trace=trace,
             )
         except Refused as refused:
-            await self._refuse(refused.error, refused.authenticator, scope, receive, send)
+            await self._refuse(refused.error, refused.authenticator, scope, receive, send, trace)
             return
 
         scope["user"], scope["auth"] = grant
-        if logger.isEnabledFor(logging.DEBUG):
-            principal = grant[0]
-            logger.debug(
-                "allowed kind=%s id=%s path=%s",
-                principal.kind,
-                _loggable(principal.identity),
-                _loggable(scope["path"]),
-            )
+        observer.allowed(trace, scope, grant[0])
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
         try:
@@ -287,8 +303,9 @@ class AuthMiddleware:
         scope: Scope,
         receive: Receive,
         send: Send,
+        trace: Trace | None = None,
     ) -> None:
-        exc = log_refusal(exc, scope)
+        exc = self._observer.refused(exc, scope, authenticator.scheme, trace)
         await self._responder.deny(exc, authenticator.scheme, scope, receive, send)
         for keeper in self._bookkeeping:
             if keeper.pending:
@@ -310,10 +327,14 @@ async def identify(
     *,
     optional: bool,
     policies: Sequence[Policy],
+    trace: Trace | None = None,
 ) -> tuple[Grant, Authenticator | None]:
     """Find the request's one credential, check it and run the policies.
 
     The pipeline of `AuthMiddleware`, also run per route by `apiguard.fastapi.Guard`.
+
+    `trace`, when given, collects what the decision costs (cache verdict, backend
+    calls) for its `AuthEvent`.
 
     Returns:
         The grant, and the authenticator whose credential was used (`None` for the
@@ -324,6 +345,18 @@ async def identify(
             challenge names; an unexpected exception becomes a 503 (fail closed).
     """
     # The scheme that was tried carries the error challenge (RFC 6750 §3).
+    if trace is not None:
+        with trace:
+            return await _identify(authenticators, scope, optional, policies)
+    return await _identify(authenticators, scope, optional, policies)
+
+
+async def _identify(
+    authenticators: Sequence[Authenticator],
+    scope: Scope,
+    optional: bool,
+    policies: Sequence[Policy],
+) -> tuple[Grant, Authenticator | None]:
     authenticator: Authenticator | None = None
     attempted = authenticators[0]
     try:
@@ -352,30 +385,33 @@ async def identify(
     return grant, authenticator
 
 
-def log_refusal(exc: ApiGuardError, scope: Scope) -> ApiGuardError:
-    """Log a refusal; return the error to answer (a configuration error is a 503)."""
-    if isinstance(exc, AuthError):
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "refused status=%d reason=%s id=%s path=%s",
-                exc.status_code,
-                _loggable(exc.reason),
-                _loggable(exc.credential_id or "-"),
-                _loggable(scope["path"]),
-            )
-    elif isinstance(exc, BackendUnavailableError):
-        logger.error("refused status=503 reason=backend unavailable (%s)", _loggable(exc))
-    else:
-        logger.error("refused status=503 reason=configuration error (%s)", _loggable(exc))
-        exc = BackendUnavailableError(str(exc))
-    return exc
+def log_refusal(
+    exc: ApiGuardError,
+    scope: Scope,
+    *,
+    scheme: str | None = None,
+    trace: Trace | None = None,
+    observer: Observer = NO_OBSERVER,
+) -> ApiGuardError:
+    """Log a refusal and report its event; return the error to answer.
+
+    A configuration error is answered as a 503. `scheme` is the challenge scheme
+    of the credential refused (its kind in the event).
+    """
+    return observer.refused(exc, scope, scheme, trace)
 
 
-def _loggable(value: object) -> str:
-    # Request data (a path with a decoded %0A, a token's subject) must not start a new
-    # log record: line breaks and other unprintable characters are backslash-escaped.
-    text = str(value)
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+def observer(
+    authenticators: Sequence[Authenticator],
+    on_event: EventHook | None,
+    metrics: MetricsSink | None,
+    tracing: TracingSink | None,
+    app: object = None,
+) -> Observer:
+    """The `Observer` for a middleware's (or a `Guard`'s) observability options."""
+    if metrics is not None:
+        metrics.watch(tuple(authenticators))
+    return Observer(on_event=on_event, metrics=metrics, tracing=tracing, app=app)
 
 
 def _is_preflight(scope: Scope) -> bool:

@@ -20,6 +20,7 @@ import anyio
 from starlette.authentication import AuthCredentials
 
 from apiguard._cache import CacheOptions, VerdictCache
+from apiguard._observe import backend_call, cache_hit, cache_miss
 from apiguard.exceptions import (
     ApiGuardError,
     BackendUnavailableError,
@@ -134,10 +135,13 @@ class KeyVerifier:
         verdicts = self._verdicts
         grant = verdicts.positive.get(digest, now)
         if grant is not None:
+            cache_hit()
             return grant
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
+            cache_hit()
             raise InvalidCredentials(reason=reason)
+        cache_miss()
         return await verdicts.fill_or_stale(
             digest,
             lambda generation: self._lookup(raw, digest, generation),
@@ -154,7 +158,8 @@ class KeyVerifier:
 
         try:
             with anyio.fail_after(self._deadline):
-                record = await self.store.get(parsed.key_id)
+                with backend_call("store"):
+                    record = await self.store.get(parsed.key_id)
                 if record is None:
                     self._refuse(digest, parsed.key_id, "unknown key", generation)
                 if self._hasher.is_fast(record.secret_hash):

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError
 from apiguard.tokens._http import check_url, get_json
 
@@ -44,7 +45,8 @@ async def discover(client: httpx.AsyncClient, issuer: str) -> Mapping[str, Any]:
     errors: list[str] = []
     for url in metadata_urls(issuer):
         try:
-            metadata, _ = await get_json(client, url, "authorization server metadata")
+            with backend_call("discovery"):
+                metadata, _ = await get_json(client, url, "authorization server metadata")
         except BackendUnavailableError as exc:
             errors.append(str(exc))
             continue

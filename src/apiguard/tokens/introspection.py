@@ -23,6 +23,7 @@ import jwt
 
 from apiguard._backoff import Backoff
 from apiguard._cache import SingleFlight
+from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.tokens._http import ACCEPT_ENCODING, check_url, read_json
@@ -234,15 +235,17 @@ class RemoteIntrospector:
         for attempt in range(self._retries + 1):
             self.calls += 1
             try:
-                async with self._client.stream(
-                    "POST", endpoint, data=form, headers=self._headers, timeout=self._timeout
-                ) as response:
-                    status = response.status_code
-                    if status == 200:
-                        return await read_json(response, "introspection")
-                    if status < 500:
-                        await self._refused(endpoint, response)
-                    error = f"introspection: HTTP {status}"
+                with backend_call("introspection") as call:
+                    async with self._client.stream(
+                        "POST", endpoint, data=form, headers=self._headers, timeout=self._timeout
+                    ) as response:
+                        status = response.status_code
+                        if status == 200:
+                            return await read_json(response, "introspection")
+                        if status < 500:
+                            await self._refused(endpoint, response)
+                        error = f"introspection: HTTP {status}"
+                        call.fail()
             except httpx.HTTPError as exc:
                 error = f"introspection: {type(exc).__name__}"
             if attempt < self._retries:
