@@ -710,3 +710,40 @@ async def test_the_suite_scanner_sees_events_and_knows_secret_shapes(
     assert SECRET_SHAPES.search(key.key)
     assert SECRET_SHAPES.search(mint())
     assert not SECRET_SHAPES.search(repr(scan_auth_events))
+
+
+async def test_a_per_route_guard_reports_its_decisions(
+    issued: tuple[MemoryKeyStore, IssuedKey], make_client: MakeClient
+) -> None:
+    """`Guard` as a FastAPI dependency makes the same events as the middleware."""
+    from fastapi import Depends, FastAPI
+
+    from apiguard import APIKeyAuth
+    from apiguard.fastapi import Guard
+
+    store, key = issued
+    hook = Recorder()
+    registry = CollectorRegistry()
+    guard = Guard(
+        APIKeyAuth(store, pepper=PEPPER),
+        on_event=hook,
+        metrics=PrometheusMetrics(registry=registry),
+    )
+    app = FastAPI()
+    guard.install(app, middleware=False)
+
+    @app.get("/items/{item_id}", dependencies=[Depends(guard)])
+    async def read(item_id: int) -> int:
+        return item_id
+
+    async with make_client(app) as client:
+        assert (await client.get("/items/3", headers={"X-API-Key": key.key})).status_code == 200
+        assert (await client.get("/items/3")).status_code == 401
+    allowed, refused = await hook.next(), await hook.next()
+    assert (allowed.outcome, allowed.route, allowed.cache) == (
+        "allowed",
+        "/items/{item_id}",
+        "miss",
+    )
+    assert (refused.reason, refused.route) == ("missing", "/items/{item_id}")
+    assert sample(registry, "apiguard_decisions_total", outcome="allowed", reason="") == 1
