@@ -28,7 +28,7 @@ async def hello(request: Request) -> PlainTextResponse:
 async def metrics(request: Request) -> Response:
     # Multiprocess mode: a registry made per scrape, collecting every worker's files.
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

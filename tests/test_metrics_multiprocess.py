@@ -137,6 +137,8 @@ def test_two_workers_counts_add_up(
 
     # The same sums, read from the directory by this process's own collector.
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(tmp_path / "metrics"))
+    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+        registry, path=str(tmp_path / "metrics")
+    )
     labels = {"outcome": "allowed", "reason": ""}
     assert registry.get_sample_value("apiguard_decisions_total", labels) == 7

@@ -193,13 +193,15 @@ class Observer:
         if trace is None or not (debug or self.active):
             return
         kind = principal.kind
+        # Only logs, hooks and spans show the route: metrics alone need no router walk.
+        shown = debug or self.hooks is not None or self.tracing is not None
         event = AuthEvent(
             outcome="allowed",
             reason=None,
             status=None,
             connection=scope["type"],
             method=scope.get("method"),
-            route=route_of(scope, self.routes),
+            route=route_of(scope, self.routes) if shown else "",
             credential_kind=kind,
             credential_id=principal.key_id or principal.client_id or principal.subject,
             issuer=_issuer(principal),
