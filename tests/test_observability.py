@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
@@ -747,3 +748,111 @@ async def test_a_per_route_guard_reports_its_decisions(
     )
     assert (refused.reason, refused.route) == ("missing", "/items/{item_id}")
     assert sample(registry, "apiguard_decisions_total", outcome="allowed", reason="") == 1
+
+
+async def test_introspection_calls_are_counted_and_server_errors_are_failures(
+    make_client: MakeClient,
+) -> None:
+    """A 5xx answer is a failed introspection call; the 503 event lists every attempt."""
+    from apiguard.tokens import RemoteIntrospector
+
+    answers = [httpx.Response(500), httpx.Response(200, json={"active": False})]
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0) if answers else httpx.Response(500)
+
+    registry = CollectorRegistry()
+    hook = Recorder()
+    remote = RemoteIntrospector(
+        "https://idp.example/introspect",
+        client_id="api",
+        client_secret="introspection-client-secret",
+        audience=AUDIENCE,
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(endpoint)),
+        retries=1,
+    )
+    app = BearerTokenMiddleware(
+        make_app(),
+        introspector=remote,
+        on_event=hook,
+        metrics=PrometheusMetrics(registry=registry),
+    )
+    async with make_client(app, headers={"Authorization": "Bearer opaque-1"}) as client:
+        assert (await client.get("/items/1")).status_code == 401
+    event = await hook.next()
+    assert (event.reason, event.backend_calls) == ("inactive", ("introspection", "introspection"))
+    assert sample(registry, "apiguard_backend_calls_total", backend="introspection") == 2
+    assert sample(registry, "apiguard_backend_errors_total", backend="introspection") == 1
+    await remote.aclose()
+
+
+@pytest.mark.redis
+async def test_shared_token_cache_calls_are_counted(
+    make_client: MakeClient, redis_url: str
+) -> None:
+    from apiguard.tokens import RedisTokenCache, TokenInfo
+
+    class Always:
+        async def introspect(self, token: str) -> TokenInfo:
+            return TokenInfo(active=True, client_id="svc", subject="svc")
+
+        async def aclose(self) -> None:
+            return None
+
+    hook = Recorder()
+    cache = RedisTokenCache.from_url(redis_url, timeout=10.0)
+    app = BearerTokenMiddleware(make_app(), introspector=Always(), token_cache=cache, on_event=hook)
+    async with make_client(app, headers={"Authorization": "Bearer opaque-2"}) as client:
+        assert (await client.get("/items/1")).status_code == 200
+    event = await hook.next()
+    assert event.cache == "miss"
+    assert event.backend_calls is not None
+    assert "shared_cache" in event.backend_calls
+    assert event.credential_id == "svc"
+    await cache.aclose()
+
+
+async def test_route_walk_falls_back_to_the_path(make_client: MakeClient) -> None:
+    """A path under a mount that no inner route matches, or a route that cannot be
+    matched, is named by its path."""
+
+    class Broken(Route):
+        def matches(self, scope: Scope) -> Any:
+            raise RuntimeError("cannot match")
+
+    hook = Recorder()
+    for routes, path in (
+        ([Mount("/v1", routes=[Route("/items", ok)])], "/v1/nothing"),
+        ([Broken("/x", ok)], "/x"),
+    ):
+        app = APIKeyMiddleware(
+            Starlette(routes=routes), store=MemoryKeyStore(), pepper=PEPPER, on_event=hook
+        )
+        async with make_client(app) as client:
+            await client.get(path)
+        assert (await hook.next()).route == path
+
+
+def test_log_refusal_answers_a_configuration_error_with_a_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from apiguard._core import log_refusal
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+    answer = log_refusal(ConfigurationError("no store"), scope, scheme="ApiKey")
+    assert isinstance(answer, BackendUnavailableError)
+    (record,) = [r for r in caplog.records if r.name == "apiguard.middleware"]
+    assert record.levelno == logging.ERROR
+    fields = vars(record)
+    assert fields["apiguard_reason"] == "configuration error"
+    assert fields["apiguard_status"] == 503
+    assert fields["apiguard_credential_kind"] == "api_key"
+
+
+def test_unknown_backends_and_reasons_get_no_label_of_their_own() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry=registry)
+    metrics.backend("ldap", failed=True)
+    assert registry.get_sample_value("apiguard_backend_calls_total", {"backend": "ldap"}) is None
+    assert reason_label(None) == ""
+    assert reason_label("made up") == "other"

@@ -78,9 +78,7 @@ class HookRunner:
                     if self._is_async:
                         await self._hook(event)  # type: ignore[misc]
                     else:
-                        result = await anyio.to_thread.run_sync(self._hook, event)
-                        if inspect.isawaitable(result):
-                            await result
+                        await anyio.to_thread.run_sync(self._hook, event)
                 except Exception:
                     logger.exception("on_event hook failed; the event is dropped")
         finally:

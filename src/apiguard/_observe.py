@@ -339,8 +339,7 @@ def _match(routes: object, scope: Scope, prefix: str, depth: int) -> str | None:
         if not isinstance(path, str):
             return None
         if isinstance(route, Mount):
-            inner = _match(route.routes, {**scope, **child}, prefix + path, depth + 1)
-            return inner or prefix + path + "/*"
+            return _match(route.routes, {**scope, **child}, prefix + path, depth + 1)
         return prefix + path
     return None
 
