@@ -214,7 +214,8 @@ def test_websocket_decisions_are_events(hasher: Any) -> None:
         client.websocket_connect("/ws", headers={"X-API-Key": key.key}) as ws,
     ):
         assert ws.receive_text() == "hello"
-    assert done.wait(10)
+        # The hook runs on the connection's event loop, which ends with the connection.
+        assert done.wait(10)
     (event,) = events
     assert (event.connection, event.method, event.route) == ("websocket", None, "/ws")
     assert event.outcome == "allowed"
