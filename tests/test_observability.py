@@ -857,3 +857,35 @@ def test_unknown_backends_and_reasons_get_no_label_of_their_own() -> None:
     assert registry.get_sample_value("apiguard_backend_calls_total", {"backend": "ldap"}) is None
     assert reason_label(None) == ""
     assert reason_label("made up") == "other"
+
+
+async def test_the_documented_uvicorn_log_config_writes_json_events(
+    issued: tuple[MemoryKeyStore, IssuedKey],
+    make_client: MakeClient,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/observability.md's `log.json`: apiguard's refusals, one JSON object a line."""
+    import logging.config
+    import re
+
+    text = (ROOT / "docs" / "observability.md").read_text()
+    config = json.loads(re.findall(r"```json\n(.*?)```", text, re.DOTALL)[0])
+    touched = [logging.getLogger(name) for name in config["loggers"]]
+    saved = [(each.handlers[:], each.level, each.propagate) for each in touched]
+    logging.config.dictConfig(config)
+    try:
+        store, _ = issued
+        app = APIKeyMiddleware(make_app(), store=store, pepper=PEPPER)
+        async with make_client(app) as client:
+            await client.get("/items/1")
+    finally:
+        for each, (handlers, level, propagate) in zip(touched, saved, strict=True):
+            for handler in each.handlers:
+                handler.close()
+            each.handlers[:] = handlers
+            each.setLevel(level)
+            each.propagate = propagate
+    (line,) = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    assert record.keys() >= EVENT_FIELDS
+    assert (record["apiguard_reason"], record["apiguard_route"]) == ("missing", "/items/{item_id}")

@@ -258,8 +258,11 @@ class AuthMiddleware:
                 await self._refuse(exc, self._authenticators[0], scope, receive, send)
             return
 
+        # Observed: a sink is set, or refusals are logged. Otherwise nothing is built.
         observer = self._observer
-        trace = observer.trace(scope) if observer.wanted() else None
+        trace = (
+            observer.trace(scope) if observer.active or logger.isEnabledFor(logging.INFO) else None
+        )
         try:
             grant, authenticator = await identify(
                 self._authenticators,
@@ -273,7 +276,8 @@ class AuthMiddleware:
             return
 
         scope["user"], scope["auth"] = grant
-        observer.allowed(trace, scope, grant[0])
+        if trace is not None:
+            observer.allowed(trace, scope, grant[0])
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
         try:
