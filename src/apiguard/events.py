@@ -114,8 +114,9 @@ class AuthEvent:
             the policies); `None` when the decision was not timed (see
             docs/observability.md).
         cache: `"hit"` when a cached verdict decided, `"miss"` when the
-            credential was checked anew, `None` when no cache was asked (a missing
-            or malformed credential) or the decision was not timed.
+            credential was checked anew, `None` when no cache was asked (no
+            credential, or one refused before any lookup) or the decision was not
+            timed.
         backend_calls: The backend calls this request made, in order (each one of
             `BACKENDS`); empty on a cache hit; `None` when not counted.
     """
