@@ -889,3 +889,35 @@ async def test_the_documented_uvicorn_log_config_writes_json_events(
     record = json.loads(line)
     assert record.keys() >= EVENT_FIELDS
     assert (record["apiguard_reason"], record["apiguard_route"]) == ("missing", "/items/{item_id}")
+
+
+@pytest.mark.redis
+async def test_prometheus_counts_invalidations_pushed_by_another_process(
+    redis_url: str, hasher: Any
+) -> None:
+    """A revoke made through another store object arrives on the push channel and counts."""
+    from apiguard.keys import open_store
+
+    store = open_store(redis_url)
+    registry = CollectorRegistry()
+    try:
+        APIKeyMiddleware(
+            make_app(), store=store, pepper=PEPPER, metrics=PrometheusMetrics(registry=registry)
+        )
+        channel = getattr(store, "channel", None)
+        assert channel is not None
+        for _ in range(1000):  # the subscriber connects, then says anything may have changed
+            if sample(registry, "apiguard_invalidations_total", scope="all") >= 1:
+                break
+            await anyio.sleep(0.01)
+        async with open_store(redis_url) as other:  # type: ignore[attr-defined]
+            issued = await KeyManager(other, hasher).create("ci")
+            await KeyManager(other, hasher).revoke(issued.record.key_id)
+        for _ in range(1000):
+            if sample(registry, "apiguard_invalidations_total", scope="key") >= 1:
+                break
+            await anyio.sleep(0.01)
+        assert sample(registry, "apiguard_invalidations_total", scope="key") == 1
+        assert sample(registry, "apiguard_invalidations_total", scope="all") >= 1
+    finally:
+        await store.aclose()
