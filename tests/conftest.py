@@ -5,6 +5,9 @@ import pytest
 # The contract suite in apiguard.testing asserts; let pytest explain its failures.
 pytest.register_assert_rewrite("apiguard.testing")
 
+# apiguard's own fixtures, as its users get them (docs/testing.md).
+pytest_plugins = ["apiguard.pytest_plugin"]
+
 import logging  # noqa: E402
 import re  # noqa: E402
 from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
@@ -182,16 +185,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 @pytest.fixture
 def manager(store: KeyStore, hasher: KeyHasher) -> KeyManager:
     return KeyManager(store, hasher)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 MakeClient = Callable[..., httpx.AsyncClient]

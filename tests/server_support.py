@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -23,12 +24,13 @@ _IO_TIMEOUT = 10.0
 
 
 @contextmanager
-def serve(app: ASGIApp) -> Iterator[int]:
+def serve(app: ASGIApp, **options: Any) -> Iterator[int]:
     """Serve `app` with uvicorn on 127.0.0.1, on a port the OS picks; yields the port.
 
     The server runs in a thread with its own event loop. It is ready when the
     context is entered (uvicorn's `started` flag is polled) and stopped, its
-    connections closed, when the context exits.
+    connections closed, when the context exits. `options` are more
+    `uvicorn.Config` arguments (`ssl_certfile`, ...).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -41,6 +43,7 @@ def serve(app: ASGIApp) -> Iterator[int]:
         lifespan="off",
         log_config=None,
         access_log=False,
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -6,8 +6,7 @@ import pytest
 
 from apiguard import BackendUnavailableError
 from apiguard._backoff import Backoff
-
-from .conftest import FakeClock
+from apiguard.testing import FakeClock
 
 DOWN = BackendUnavailableError("server down")
 

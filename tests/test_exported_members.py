@@ -5,6 +5,8 @@ import inspect
 import apiguard
 import apiguard.fastapi
 import apiguard.keys
+import apiguard.pytest_plugin
+import apiguard.testing
 import apiguard.tokens
 
 
@@ -86,10 +88,23 @@ def test_public_api_is_pinned() -> None:
         "install",
         "require_scopes",
     ]
+    assert apiguard.testing.__all__ == [
+        "TEST_PEPPER",
+        "FakeClock",
+        "FakeIssuer",
+        "KeySpec",
+        "KeyStoreContract",
+        "make_keys",
+        "make_record",
+        "make_signing_key",
+        "override_authentication",
+        "public_jwk",
+    ]
+    assert apiguard.pytest_plugin.__all__ == ["fake_clock", "fake_issuer", "override_auth"]
 
 
 def test_every_exported_name_exists_and_says_where_it_lives() -> None:
-    for module in (apiguard, apiguard.fastapi, apiguard.keys, apiguard.tokens):
+    for module in (apiguard, apiguard.fastapi, apiguard.keys, apiguard.tokens, apiguard.testing):
         for name in module.__all__:
             member = getattr(module, name)
             is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from apiguard import BackendUnavailableError, ConfigurationError, InvalidToken
+from apiguard.testing import FakeClock
 from apiguard.tokens import JWTIntrospector, TrustedIssuer, metadata_urls
 
-from .conftest import FakeClock
 from .token_support import (
     AUDIENCE,
     EC_KEY,

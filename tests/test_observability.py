@@ -677,7 +677,8 @@ async def test_failed_backend_call_span_is_an_error(
     make_client: MakeClient, spans: tuple[OpenTelemetryTracing, InMemorySpanExporter]
 ) -> None:
     tracing, exporter = spans
-    idp = FakeIssuer(down=True)
+    idp = FakeIssuer()
+    idp.down = True
     async with idp.client() as http:
         introspector = JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=http)
         app = BearerTokenMiddleware(make_app(), introspector=introspector, tracing=tracing)

@@ -9,10 +9,9 @@ import pytest
 from apiguard import BackendUnavailableError, CacheOptions, InvalidCredentials
 from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, RedisKeyStore
 from apiguard.keys.sql import SQLKeyStore
+from apiguard.testing import FakeClock
 from apiguard.types import KeyStore
 from tests.servers import PostgresServer, RedisServer
-
-from .conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -27,8 +27,9 @@ OPTIONAL: dict[str, str] = {
     "keys/sql.py": "sqlite",
     "tokens/shared_cache.py": "redis",
 }
-# The contract suite and test helpers run inside the user's own pytest.
-UNDECLARED = {"testing.py"}
+# The contract suite and test helpers run inside the user's own pytest; the fake
+# issuer's `cryptography` comes with the `pyjwt[crypto]` requirement.
+UNDECLARED = {"testing.py", "pytest_plugin.py", "_testkit/issuer.py"}
 
 
 def top_level_imports(path: Path) -> set[str]:

@@ -30,10 +30,10 @@ from apiguard import (
     ConfigurationError,
     InvalidToken,
 )
+from apiguard.testing import FakeClock
 from apiguard.tokens import RedisTokenCache, TokenInfo, TokenVerifier
 from tests.servers import RedisServer
 
-from .conftest import FakeClock
 from .token_support import TableIntrospector, mint
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -561,3 +561,28 @@ def test_every_option_is_documented_and_the_example_compiles() -> None:
     assert blocks
     for block in blocks:
         compile(block, "token-cache.md", "exec")
+
+
+async def test_a_leader_that_comes_after_the_verdict_reads_it_instead_of_asking(
+    table: TableIntrospector,
+    workers: Callable[..., RedisTokenCache],
+    raw: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race: a worker reads nothing, the leader shares its verdict and releases
+    # its lock, then the worker takes the lock. It must not ask again.
+    await verifier(table, workers()).verify(TOKEN.encode())
+    late = workers()
+    read = late._read
+    reads = 0
+
+    async def first_read_too_early(key: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return None if reads == 1 else await read(key)
+
+    monkeypatch.setattr(late, "_read", first_read_too_early)
+    principal, _ = await verifier(table, late).verify(TOKEN.encode())
+    assert principal.client_id == "svc"
+    assert (table.calls, reads) == (1, 2)
+    assert await raw.get(redis_key(TOKEN) + ":lock") is None

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from apiguard import BackendUnavailableError, CacheOptions, InvalidToken
+from apiguard.testing import FakeClock
 from apiguard.tokens import TokenInfo, TokenVerifier
 
-from .conftest import FakeClock
 from .token_support import TableIntrospector
 
 pytestmark = pytest.mark.anyio

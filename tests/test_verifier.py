@@ -16,9 +16,7 @@ from apiguard import BackendUnavailableError, CacheOptions, ConfigurationError, 
 from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, MemoryKeyStore, open_store
 from apiguard.keys.channel import ALL_KEYS, InvalidationChannel
 from apiguard.keys.record import KeyRecord
-from apiguard.testing import make_record
-
-from .conftest import FakeClock
+from apiguard.testing import FakeClock, make_record
 
 pytestmark = pytest.mark.anyio
 

@@ -15,6 +15,7 @@ from typing import Protocol, TypedDict
 from starlette.authentication import AuthCredentials
 from starlette.middleware.cors import CORSMiddleware
 
+from apiguard import _override
 from apiguard._challenge import ErrorResponder, ErrorResponseHook
 from apiguard._observe import NO_OBSERVER, MetricsSink, Observer, Trace, TracingSink
 from apiguard._startup import SetupFailure, hold_setup_errors
@@ -258,6 +259,10 @@ class AuthMiddleware:
                 await self._refuse(exc, self._authenticators[0], scope, receive, send)
             return
 
+        if _override.installed and (overridden := _override.grant_for(self, scope)) is not None:
+            await self._overridden(overridden, scope, receive, send)
+            return
+
         # Observed: a sink is set, or refusals are logged. Otherwise nothing is built.
         observer = self._observer
         trace = (
@@ -291,6 +296,18 @@ class AuthMiddleware:
         for keeper in self._bookkeeping:  # the response is out: nobody waits on this
             if keeper.pending:
                 await keeper.flush()
+
+    async def _overridden(self, grant: Grant, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request under `apiguard.testing.override_authentication`: its grant instead of
+        the credentials; policies and route-level checks still apply."""
+        authenticator = self._authenticators[0]
+        try:
+            for policy in self._policies:
+                await policy.check(grant[0], scope)
+            scope["user"], scope["auth"] = grant
+            await self.app(scope, receive, send)
+        except AuthError as exc:
+            await self._refuse(exc, authenticator, scope, receive, send)
 
     def _excluded(self, scope: Scope) -> bool:
         if scope.get("method") in self._methods:

@@ -27,12 +27,31 @@ from types import MappingProxyType
 
 import pytest
 
+from apiguard._testkit.helpers import (
+    TEST_PEPPER,
+    FakeClock,
+    KeySpec,
+    make_keys,
+    override_authentication,
+)
+from apiguard._testkit.issuer import FakeIssuer, make_signing_key, public_jwk
 from apiguard.exceptions import KeyNotFoundError, KeyStateError
 from apiguard.keys.channel import ALL_KEYS
 from apiguard.keys.record import KeyRecord, utcnow
 from apiguard.types import KeyStore
 
-__all__ = ["KeyStoreContract", "make_record"]
+__all__ = [
+    "TEST_PEPPER",
+    "FakeClock",
+    "FakeIssuer",
+    "KeySpec",
+    "KeyStoreContract",
+    "make_keys",
+    "make_record",
+    "make_signing_key",
+    "override_authentication",
+    "public_jwk",
+]
 
 
 # Fixed, not the current time: two records made a moment apart must compare equal.

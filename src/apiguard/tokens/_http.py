@@ -5,22 +5,46 @@ Every outbound call has a timeout, a size cap on the response and one error type
 answers with something that is not the expected JSON object. The cap holds for the
 decompressed body: gzip and deflate are decoded here, a bounded step at a time, so a
 small compressed body cannot expand into memory before it is refused.
+
+The client may be the application's own, an `httpx.AsyncClient` or an
+`httpx2.AsyncClient` (httpx's maintained continuation, which Starlette's test
+client uses): these bounds are set on each request, whatever the client's own
+settings, and redirects are never followed.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import urlsplit
 
 import httpx
 
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError
 
-__all__ = ["ACCEPT_ENCODING", "MAX_RESPONSE_BYTES", "check_url", "get_json", "read_json"]
+if TYPE_CHECKING:
+    import httpx2
 
+__all__ = [
+    "ACCEPT_ENCODING",
+    "DEFAULT_TIMEOUT",
+    "MAX_RESPONSE_BYTES",
+    "AsyncHTTPClient",
+    "check_client",
+    "check_url",
+    "client_errors",
+    "get_json",
+    "read_json",
+]
+
+AsyncHTTPClient = Union[httpx.AsyncClient, "httpx2.AsyncClient"]
+"""An `httpx.AsyncClient` or an `httpx2.AsyncClient`: either may be passed as `http_client`."""
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds for each step of one HTTP request (connect, write, each read, pool wait)."""
 MAX_RESPONSE_BYTES = 512 * 1024
 # The codings read_json decodes; asked for explicitly, so that a server never picks
 # br or zstd, which httpx would otherwise offer when their packages are installed.
@@ -36,6 +60,31 @@ def check_url(url: str, what: str) -> str:
             raise ConfigurationError(f"{what} must not have a fragment: {url!r}")
         return url
     raise ConfigurationError(f"{what} must be an https URL: {url!r}")
+
+
+def _httpx2() -> Any:
+    # httpx2 is not a dependency: when a client of it is passed in, the application
+    # has imported it already.
+    return sys.modules.get("httpx2")
+
+
+def check_client(client: object, what: str = "http_client") -> None:
+    """Refuse anything but an `httpx.AsyncClient` or an `httpx2.AsyncClient`."""
+    httpx2 = _httpx2()
+    kinds = (httpx.AsyncClient,) if httpx2 is None else (httpx.AsyncClient, httpx2.AsyncClient)
+    if not isinstance(client, kinds):
+        raise ConfigurationError(
+            f"{what} must be an httpx.AsyncClient or an httpx2.AsyncClient,"
+            f" not {type(client).__name__}"
+        )
+
+
+def client_errors(client: object) -> tuple[type[Exception], ...]:
+    """What a failed request raises with `client`: its library's `HTTPError`."""
+    httpx2 = _httpx2()
+    if httpx2 is not None and isinstance(client, httpx2.AsyncClient):
+        return (httpx2.HTTPError,)
+    return (httpx.HTTPError,)
 
 
 def _is_zlib_header(head: bytes) -> bool:
@@ -122,15 +171,24 @@ async def read_json(response: httpx.Response, what: str) -> Mapping[str, Any]:
 
 
 async def get_json(
-    client: httpx.AsyncClient, url: str, what: str
+    client: AsyncHTTPClient, url: str, what: str, *, timeout: float = DEFAULT_TIMEOUT
 ) -> tuple[Mapping[str, Any], httpx.Headers]:
-    """GET `url` and return its JSON object and headers; any failure is a 503."""
+    """GET `url` and return its JSON object and headers; any failure is a 503.
+
+    A redirect is a failure too (the client's `follow_redirects` is overridden): the
+    metadata and keys of an issuer are where its configuration says they are.
+    """
     try:
         async with client.stream(
-            "GET", url, headers={"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
+            "GET",
+            url,
+            headers={"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
+            timeout=timeout,
+            follow_redirects=False,
         ) as response:
             if response.status_code != 200:
                 raise BackendUnavailableError(f"{what}: HTTP {response.status_code}")
-            return await read_json(response, what), response.headers
-    except httpx.HTTPError as exc:
+            # httpx2's Response and Headers are httpx's, under another module name.
+            return await read_json(response, what), response.headers  # type: ignore[arg-type,return-value]
+    except client_errors(client) as exc:
         raise BackendUnavailableError(f"{what}: {type(exc).__name__}") from exc

@@ -7,11 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError
-from apiguard.tokens._http import check_url, get_json
+from apiguard.tokens._http import DEFAULT_TIMEOUT, AsyncHTTPClient, check_url, get_json
 
 __all__ = ["discover", "metadata_urls"]
 
@@ -34,8 +32,13 @@ def metadata_urls(issuer: str) -> tuple[str, str]:
     return rfc8414, oidc
 
 
-async def discover(client: httpx.AsyncClient, issuer: str) -> Mapping[str, Any]:
+async def discover(
+    client: AsyncHTTPClient, issuer: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> Mapping[str, Any]:
     """Fetch the issuer's metadata and check that it names the same issuer.
+
+    `client` is an `httpx.AsyncClient` or an `httpx2.AsyncClient`; `timeout` bounds
+    each step of each request (connect, each read), whatever the client's own.
 
     Raises:
         BackendUnavailableError: Neither document could be had, or the metadata names
@@ -46,7 +49,9 @@ async def discover(client: httpx.AsyncClient, issuer: str) -> Mapping[str, Any]:
     for url in metadata_urls(issuer):
         try:
             with backend_call("discovery"):
-                metadata, _ = await get_json(client, url, "authorization server metadata")
+                metadata, _ = await get_json(
+                    client, url, "authorization server metadata", timeout=timeout
+                )
         except BackendUnavailableError as exc:
             errors.append(str(exc))
             continue

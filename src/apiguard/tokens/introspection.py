@@ -26,7 +26,15 @@ from apiguard._cache import SingleFlight
 from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
-from apiguard.tokens._http import ACCEPT_ENCODING, check_url, read_json
+from apiguard.tokens._http import (
+    ACCEPT_ENCODING,
+    DEFAULT_TIMEOUT,
+    AsyncHTTPClient,
+    check_client,
+    check_url,
+    client_errors,
+    read_json,
+)
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo
 from apiguard.tokens.jwks import DEFAULT_ALGORITHMS, MAX_TOKEN_SIZE
@@ -78,9 +86,13 @@ class RemoteIntrospector:
         key_id: For `private_key_jwt`: the `kid` the server knows the key by.
         token_type_hint: Sent as `token_type_hint`; `None` to leave it out.
         scope_claims: Members of the answer scopes are read from.
-        http_client: The `httpx.AsyncClient` to use; one is made (and closed by
-            `aclose()`) if none is given.
-        timeout: Seconds for each step of one HTTP call (connect, each read).
+        http_client: The client to use: an `httpx.AsyncClient` or an
+            `httpx2.AsyncClient`, with the application's proxies, CA bundle or
+            client certificate (docs/http-clients.md). One is made (and closed by
+            `aclose()`) if none is given; one given is not closed. Its own `auth`
+            is not used: this API authenticates itself as `auth_method` says.
+        timeout: Seconds for each step of one HTTP call (connect, write, each read),
+            set on every request, whatever the client's own timeout.
         retries: Extra attempts after a connection error, a timeout or a 5xx.
         deadline: Seconds one introspection may take in all, discovery and retries
             included, however slowly the server sends; then the request gets 503.
@@ -104,8 +116,8 @@ class RemoteIntrospector:
         auth_method: ClientAuthMethod = "client_secret_basic",
         token_type_hint: str | None = "access_token",  # noqa: S107 - a type name, not a secret
         scope_claims: Collection[str] = DEFAULT_SCOPE_CLAIMS,
-        http_client: httpx.AsyncClient | None = None,
-        timeout: float = 5.0,
+        http_client: AsyncHTTPClient | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 1,
         private_key: Any = None,
         signing_alg: str = "RS256",
@@ -133,8 +145,10 @@ class RemoteIntrospector:
             raise ConfigurationError(f"{auth_method} needs client_secret")
         if retries < 0 or leeway < 0:
             raise ConfigurationError("retries and leeway cannot be negative")
-        if deadline <= 0 or max_token_size < 1:
-            raise ConfigurationError("deadline and max_token_size must be positive")
+        if deadline <= 0 or max_token_size < 1 or timeout <= 0:
+            raise ConfigurationError("deadline, timeout and max_token_size must be positive")
+        if http_client is not None:
+            check_client(http_client)
         self._endpoint = endpoint
         self._issuer = issuer
         self._client_id = client_id
@@ -142,7 +156,7 @@ class RemoteIntrospector:
         self._hint = token_type_hint
         self._scope_claims = tuple(scope_claims)
         self._retries = retries
-        self._timeout = httpx.Timeout(timeout)
+        self._timeout = timeout
         self._owns_client = http_client is None
         self._client = http_client or httpx.AsyncClient(timeout=self._timeout)
         self._discovery: SingleFlight[str, str] = SingleFlight()
@@ -219,7 +233,7 @@ class RemoteIntrospector:
     async def _discover(self) -> str:
         if self._issuer is None:  # __init__ requires an endpoint or an issuer
             raise ConfigurationError("no introspection endpoint and no issuer to discover it from")
-        metadata = await discover(self._client, self._issuer)
+        metadata = await discover(self._client, self._issuer, timeout=self._timeout)
         endpoint = metadata.get("introspection_endpoint")
         if not isinstance(endpoint, str):
             raise BackendUnavailableError(
@@ -232,21 +246,30 @@ class RemoteIntrospector:
         return self._endpoint
 
     async def _post(self, endpoint: str, form: dict[str, str]) -> Mapping[str, Any]:
+        errors = client_errors(self._client)
         for attempt in range(self._retries + 1):
             self.calls += 1
             try:
                 with backend_call("introspection") as call:
                     async with self._client.stream(
-                        "POST", endpoint, data=form, headers=self._headers, timeout=self._timeout
+                        "POST",
+                        endpoint,
+                        data=form,
+                        headers=self._headers,
+                        timeout=self._timeout,
+                        # The credentials are in the form or in headers; a redirect is
+                        # never followed, so they go to the configured endpoint only.
+                        follow_redirects=False,
+                        auth=None,
                     ) as response:
                         status = response.status_code
                         if status == 200:
-                            return await read_json(response, "introspection")
+                            return await read_json(response, "introspection")  # type: ignore[arg-type]
                         if status < 500:
-                            await self._refused(endpoint, response)
+                            await self._refused(endpoint, response)  # type: ignore[arg-type]
                         error = f"introspection: HTTP {status}"
                         call.fail()
-            except httpx.HTTPError as exc:
+            except errors as exc:
                 error = f"introspection: {type(exc).__name__}"
             if attempt < self._retries:
                 await anyio.sleep(0.05 * 2**attempt)

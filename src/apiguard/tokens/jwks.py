@@ -26,7 +26,13 @@ from apiguard._backoff import Backoff
 from apiguard._cache import SingleFlight
 from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
-from apiguard.tokens._http import check_url, get_json
+from apiguard.tokens._http import (
+    DEFAULT_TIMEOUT,
+    AsyncHTTPClient,
+    check_client,
+    check_url,
+    get_json,
+)
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo
 
@@ -137,8 +143,9 @@ class _KeySet:
     def __init__(
         self,
         issuer: TrustedIssuer,
-        client: httpx.AsyncClient,
+        client: AsyncHTTPClient,
         *,
+        timeout: float,
         ttl: float,
         min_ttl: float,
         max_ttl: float,
@@ -149,6 +156,7 @@ class _KeySet:
     ) -> None:
         self._issuer = issuer
         self._client = client
+        self._timeout = timeout
         self._uri = issuer.jwks_uri
         self._ttl, self._min_ttl, self._max_ttl = ttl, min_ttl, max_ttl
         self._cooldown = refresh_cooldown
@@ -230,7 +238,7 @@ class _KeySet:
     async def _fetch_now(self) -> None:
         self.fetches += 1
         if self._uri is None:
-            metadata = await discover(self._client, self._issuer.issuer)
+            metadata = await discover(self._client, self._issuer.issuer, timeout=self._timeout)
             uri = metadata.get("jwks_uri")
             if not isinstance(uri, str):
                 raise BackendUnavailableError("authorization server metadata has no jwks_uri")
@@ -239,7 +247,9 @@ class _KeySet:
             except ConfigurationError as exc:
                 raise BackendUnavailableError(str(exc)) from exc
         with backend_call("jwks"):
-            document, headers = await get_json(self._client, self._uri, "JWKS")
+            document, headers = await get_json(
+                self._client, self._uri, "JWKS", timeout=self._timeout
+            )
         keys = document.get("keys")
         if not isinstance(keys, list):
             raise BackendUnavailableError("JWKS has no keys array")
@@ -272,8 +282,12 @@ class JWTIntrospector:
 
     Args:
         *issuers: The issuers whose tokens are accepted, each with its own keys.
-        http_client: The `httpx.AsyncClient` for discovery and JWKS requests. One is
-            made (and closed by `aclose()`) if none is given.
+        http_client: The client for discovery and JWKS requests: an
+            `httpx.AsyncClient` or an `httpx2.AsyncClient`, with the application's
+            proxies, CA bundle or client certificate (docs/http-clients.md). One is
+            made (and closed by `aclose()`) if none is given; one given is not closed.
+        timeout: Seconds for each step of one request (connect, write, each read),
+            set on every request, whatever the client's own timeout.
         leeway: Seconds of clock skew allowed for `exp`, `nbf` and `iat`. One rule
             end to end: a token is accepted, and its grant cached, until `exp` +
             `leeway` and no longer (`TokenVerifier` takes the leeway from here).
@@ -293,7 +307,8 @@ class JWTIntrospector:
     def __init__(
         self,
         *issuers: TrustedIssuer,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: AsyncHTTPClient | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
         leeway: float | timedelta = 30,
         max_token_size: int = MAX_TOKEN_SIZE,
         jwks_ttl: float = 300,
@@ -308,12 +323,16 @@ class JWTIntrospector:
             raise ConfigurationError("at least one trusted issuer is required")
         if len({i.issuer for i in issuers}) != len(issuers):
             raise ConfigurationError("each issuer may be trusted once")
-        self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        if http_client is not None:
+            check_client(http_client)
         if isinstance(leeway, timedelta):
             leeway = leeway.total_seconds()
-        if leeway < 0 or deadline <= 0:
-            raise ConfigurationError("leeway cannot be negative and deadline must be positive")
+        if leeway < 0 or deadline <= 0 or timeout <= 0:
+            raise ConfigurationError(
+                "leeway cannot be negative; deadline and timeout must be positive"
+            )
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(timeout=timeout)
         self.leeway = float(leeway)
         self._max_size = max_token_size
         self._issuers: dict[str, tuple[TrustedIssuer, _KeySet]] = {
@@ -322,6 +341,7 @@ class JWTIntrospector:
                 _KeySet(
                     issuer,
                     self._client,
+                    timeout=timeout,
                     ttl=jwks_ttl,
                     min_ttl=jwks_min_ttl,
                     max_ttl=jwks_max_ttl,
@@ -341,7 +361,7 @@ class JWTIntrospector:
         issuer: str,
         *,
         audience: str | Collection[str],
-        http_client: httpx.AsyncClient | None = None,
+        http_client: AsyncHTTPClient | None = None,
         **options: Any,
     ) -> JWTIntrospector:
         """Trust one issuer, finding its keys through discovery.

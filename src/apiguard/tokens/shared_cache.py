@@ -226,7 +226,14 @@ class RedisTokenCache:
             leader = await self._call(
                 lambda: self._client.set(lock, owner, nx=True, px=self._lock_ms)
             )
-            if not leader:
+            if leader:
+                # The previous leader may have shared its verdict, and released its
+                # lock, between the read above and this lock: read again.
+                found = await self._read(key)
+                if found is not None:
+                    await self._quietly(lambda: self._release(keys=[lock], args=[owner]))
+                    return found
+            else:
                 found = await self._await(key, lock)
                 if found is not None:
                     return found

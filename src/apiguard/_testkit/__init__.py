@@ -1,0 +1,1 @@
+"""Test helpers shipped with apiguard, re-exported by `apiguard.testing`."""
