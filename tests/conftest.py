@@ -198,3 +198,41 @@ def make_client() -> MakeClient:
         )
 
     return make
+
+
+# 30 s into a minute and 8 h into a UTC day: no window of a minute, hour or day ends
+# while a test runs, whatever the wall clock says.
+FROZEN_NOW = 1_800_000_030.0
+
+
+class _FrozenTime:
+    """Stands in for the `time` module where rate limits read the clock."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def frozen_limits_clock(monkeypatch: pytest.MonkeyPatch) -> _FrozenTime:
+    """Freeze the clock of `limits`' memory storage and strategies and of apiguard's
+    rate-limit modules, so that window boundaries never depend on when a test runs."""
+    import limits.aio.storage.memory
+    import limits.aio.strategies
+
+    import apiguard.ratelimit._pipeline
+    import apiguard.ratelimit.failures
+    import apiguard.ratelimit.policy
+
+    frozen = _FrozenTime(FROZEN_NOW)
+    for module in (
+        limits.aio.storage.memory,
+        limits.aio.strategies,
+        apiguard.ratelimit._pipeline,
+        apiguard.ratelimit.failures,
+        apiguard.ratelimit.policy,
+    ):
+        monkeypatch.setattr(module, "time", frozen)
+    return frozen

@@ -119,7 +119,7 @@ def test_list_and_show_never_print_secrets(store_url: str) -> None:
     record = json.loads(as_json)[0]
     assert set(record) == {
         "key_id", "name", "scopes", "status", "created_at", "expires_at",
-        "revoked_at", "last_used_at", "metadata",
+        "revoked_at", "last_used_at", "metadata", "rate_limit", "quota",
     }  # fmt: skip
 
 
@@ -404,6 +404,7 @@ STORE_COMMANDS = {
     "show": ["K" * 12],
     "revoke": ["K" * 12],
     "rotate": ["K" * 12],
+    "update": ["K" * 12, "--quota", "10/day"],
     "check": ["apg_KKKKKKKKKKKK_key"],
 }
 
@@ -512,3 +513,60 @@ def test_format_duration(value: timedelta, text: str) -> None:
 def test_version_names_the_installed_distribution() -> None:
     """`apiguard --version` reads the version of the `apiguard-asgi` distribution."""
     assert cli("--version").output.strip() == f"apiguard, version {apiguard.__version__}"
+
+
+@pytest.mark.redis
+def test_rate_limit_and_quota_from_create_to_show(redis_url: str) -> None:
+    """`create --rate-limit --quota`, `update`, and `show` with this period's quota use."""
+    env = {"APIGUARD_STORE": redis_url, "APIGUARD_PEPPER": PEPPER}
+    runner = CliRunner()
+    created = runner.invoke(
+        main,
+        [
+            "keys",
+            "create",
+            "--name",
+            "plan",
+            "--rate-limit",
+            "5/second",
+            "--quota",
+            "100/day",
+            "--json",
+        ],
+        env=env,
+    )
+    assert created.exit_code == 0, created.output
+    record = json.loads(created.output)
+    assert (record["rate_limit"], record["quota"]) == ("5/second", "100/day")
+    updated = runner.invoke(
+        main,
+        ["keys", "update", record["key_id"], "--rate-limit", "none", "--quota", "1000/month"],
+        env=env,
+    )
+    assert updated.exit_code == 0, updated.output
+    assert "ratelimit: -" in updated.output
+    assert "quota:     1000/month" in updated.output
+    shown = runner.invoke(main, ["keys", "show", record["key_id"], "--json"], env=env)
+    usage = json.loads(shown.output)["quota_usage"]
+    assert (usage["used"], usage["remaining"]) == (0, 1000)
+    text = runner.invoke(main, ["keys", "show", record["key_id"]], env=env).output
+    assert "used:      0 this period, 1000 left; resets" in text
+    bad = runner.invoke(main, ["keys", "update", record["key_id"], "--quota", "5/week"], env=env)
+    assert bad.exit_code == 1
+    assert "not a quota" in bad.output
+    nothing = runner.invoke(main, ["keys", "update", record["key_id"]], env=env)
+    assert nothing.exit_code == 2
+
+
+def test_show_says_where_quota_use_is_counted(tmp_path: Path) -> None:
+    """A SQLite key store has no counters of its own: `show` says to pass --limits."""
+    env = {"APIGUARD_STORE": f"sqlite:///{tmp_path}/k.db", "APIGUARD_PEPPER": PEPPER}
+    runner = CliRunner()
+    created = runner.invoke(
+        main, ["keys", "create", "--name", "p", "--quota", "10/day", "--json"], env=env
+    )
+    key_id = json.loads(created.output)["key_id"]
+    text = runner.invoke(main, ["keys", "show", key_id], env=env).output
+    assert "used:      unknown: pass --limits" in text
+    counted = runner.invoke(main, ["keys", "show", key_id, "--limits", "memory://"], env=env).output
+    assert "used:      0 this period, 10 left" in counted

@@ -288,6 +288,10 @@ BASE = make_record(
         (replace(BASE, expires_at=T0), CopyOutcome(BASE.key_id, "conflict", ("expires_at",))),
         (replace(BASE, revoked_at=T0), CopyOutcome(BASE.key_id, "conflict", ("revoked_at",))),
         (replace(BASE, last_used_at=T0), CopyOutcome(BASE.key_id, "skip")),
+        (
+            replace(BASE, rate_limit="5/second", quota="10/day"),
+            CopyOutcome(BASE.key_id, "conflict", ("quota", "rate_limit")),
+        ),
     ],
     ids=[
         "missing",
@@ -299,6 +303,7 @@ BASE = make_record(
         "expiry",
         "revoked-only-there",
         "used-only-there",
+        "limits",
     ],
 )
 def test_compare_records(target: KeyRecord | None, expected: CopyOutcome) -> None:

@@ -343,3 +343,23 @@ def test_fastapi_swagger_example_offers_the_client_credentials_flow(
         {"APIKey": ["items:read"]},
         {"OAuth2": ["items:read"]},
     ]
+
+
+@pytest.mark.usefixtures("frozen_limits_clock")
+def test_ratelimit_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """The printed key gets 5 requests a minute, with RateLimit fields, then 429s;
+    /search has its own 2/minute; bad keys from one address end in 429."""
+    module = import_example("ratelimit_app")
+    with TestClient(module.app) as client:
+        curl = capsys.readouterr().out.strip().splitlines()[-1]
+        key = {"X-API-Key": curl.split("'X-API-Key: ")[1].split("'")[0]}
+        first = client.get("/", headers=key)
+        minute, quota = first.headers["ratelimit"].split(", ")
+        assert minute == '"5/minute";r=4;t=30'  # 30 s left in this minute's window
+        assert quota.startswith('"quota";r=99;t=')
+        searches = [client.get("/search", headers=key).status_code for _ in range(3)]
+        assert searches == [200, 200, 429]
+        rest = [client.get("/", headers=key).status_code for _ in range(3)]
+        assert rest == [200, 200, 429]  # 1 + 2 searches + 2 = 5 allowed
+        bad = [client.get("/", headers={"X-API-Key": "apg_x"}).status_code for _ in range(11)]
+        assert bad == [401] * 10 + [429]

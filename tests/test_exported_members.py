@@ -5,7 +5,9 @@ import inspect
 import apiguard
 import apiguard.fastapi
 import apiguard.keys
+import apiguard.proxies
 import apiguard.pytest_plugin
+import apiguard.ratelimit
 import apiguard.testing
 import apiguard.tokens
 
@@ -37,6 +39,7 @@ def test_public_api_is_pinned() -> None:
         "MissingCredentials",
         "Policy",
         "Principal",
+        "RateLimitExceeded",
         "ScopeRule",
         "ScopeRules",
         "TokenIntrospector",
@@ -102,9 +105,32 @@ def test_public_api_is_pinned() -> None:
     ]
     assert apiguard.pytest_plugin.__all__ == ["fake_clock", "fake_issuer", "override_auth"]
 
+    assert apiguard.ratelimit.__all__ == [
+        "FailedAuthLimit",
+        "HeaderStyle",
+        "LimitStorage",
+        "Quota",
+        "QuotaUsage",
+        "Quotas",
+        "RateLimits",
+        "RouteLimit",
+        "Strategy",
+        "parse_limits",
+        "parse_quota",
+    ]
+    assert apiguard.proxies.__all__ == ["ForwardedHop", "TrustedProxies"]
+
 
 def test_every_exported_name_exists_and_says_where_it_lives() -> None:
-    for module in (apiguard, apiguard.fastapi, apiguard.keys, apiguard.tokens, apiguard.testing):
+    for module in (
+        apiguard,
+        apiguard.fastapi,
+        apiguard.keys,
+        apiguard.tokens,
+        apiguard.testing,
+        apiguard.ratelimit,
+        apiguard.proxies,
+    ):
         for name in module.__all__:
             member = getattr(module, name)
             is_alias = getattr(member, "__origin__", None) is not None  # Literal aliases

@@ -922,3 +922,30 @@ async def test_prometheus_counts_invalidations_pushed_by_another_process(
         assert sample(registry, "apiguard_invalidations_total", scope="all") >= 1
     finally:
         await store.aclose()
+
+
+async def test_a_rate_limit_refusal_is_a_429_event_with_its_reason(
+    issued: tuple[MemoryKeyStore, IssuedKey], make_client: MakeClient
+) -> None:
+    """A policy's refusal (`RateLimits`) is an event like any other, with no extra code."""
+    from apiguard.ratelimit import RateLimits
+
+    store, key = issued
+    hook = Recorder()
+    registry = CollectorRegistry()
+    app = APIKeyMiddleware(
+        make_app(),
+        store=store,
+        pepper=PEPPER,
+        policies=[RateLimits("1/minute")],
+        on_event=hook,
+        metrics=PrometheusMetrics(registry=registry),
+    )
+    async with make_client(app, headers={"X-API-Key": key.key}) as client:
+        assert (await client.get("/items/1")).status_code == 200
+        assert (await client.get("/items/1")).status_code == 429
+    assert (await hook.next()).outcome == "allowed"
+    refused = await hook.next()
+    assert (refused.status, refused.reason) == (429, "rate limit")
+    assert (refused.credential_kind, refused.credential_id) == ("api_key", key.record.key_id)
+    assert sample(registry, "apiguard_decisions_total", outcome="refused", reason="rate limit") == 1

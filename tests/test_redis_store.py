@@ -77,6 +77,18 @@ async def test_a_record_is_one_hash_read_in_one_command(
     assert calls == {"cmdstat_hgetall": 1}
 
 
+async def test_records_written_before_limits_existed_read_back_without_them(
+    store: RedisKeyStore, raw: redis.Redis
+) -> None:
+    """A hash without `rate_limit` and `quota` (an older apiguard's) is a record without
+    them; a record with them stores them as plain fields."""
+    await store.add(make_record(rate_limit="5/second", quota="10/day"))
+    stored = raw.hgetall("apiguard:key:" + "K" * 12)
+    assert (stored[b"rate_limit"], stored[b"quota"]) == (b"5/second", b"10/day")
+    raw.hdel("apiguard:key:" + "K" * 12, "rate_limit", "quota")
+    assert await store.get("K" * 12) == make_record()
+
+
 async def test_key_prefixes_keep_stores_apart(redis_url: str) -> None:
     async with (
         RedisKeyStore.from_url(redis_url, key_prefix="tenant-a:") as a,

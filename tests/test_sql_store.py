@@ -64,16 +64,54 @@ async def test_a_new_database_records_the_schema_version(sql_url: str) -> None:
     assert await versions(sql_url) == [("keys", sql_module.schema_version())]
 
 
-async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> None:
-    """A database made before the version table keeps its keys and is recorded as version 1."""
-    await run_sql(sql_url, keys_table.create)
-    await run_sql(
-        sql_url,
-        lambda conn: conn.execute(sa.insert(keys_table).values(sql_module._to_row(make_record()))),
+def version_1_keys_table() -> sa.Table:
+    """The keys table as version 1 laid it out: without `rate_limit` and `quota`."""
+    return sa.Table(
+        keys_table.name,
+        sa.MetaData(),
+        *(c._copy() for c in keys_table.columns if c.name not in ("rate_limit", "quota")),
     )
+
+
+def version_1_row() -> dict[str, object]:
+    row = sql_module._to_row(make_record())
+    del row["rate_limit"], row["quota"]
+    return row
+
+
+async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> None:
+    """A database made before the version table keeps its keys, is recorded as version 1
+    and upgraded from there."""
+    v1 = version_1_keys_table()
+    await run_sql(sql_url, v1.create)
+    await run_sql(sql_url, lambda conn: conn.execute(sa.insert(v1).values(version_1_row())))
     async with SQLKeyStore.from_url(sql_url) as store:
         assert await store.get("K" * 12) == make_record()
-    assert await versions(sql_url) == [("keys", 1)]
+    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+
+
+async def test_version_1_is_upgraded_to_hold_rate_limits_and_quotas(sql_url: str) -> None:
+    """Upgrade 1 -> 2 adds `rate_limit` and `quota`: old keys read back without them,
+    and new limits can be stored on them."""
+    v1 = version_1_keys_table()
+
+    def make_version_1(conn: sa.Connection) -> None:
+        v1.create(conn)
+        schema_table.create(conn)
+        conn.execute(sa.insert(v1).values(version_1_row()))
+        conn.execute(sa.insert(schema_table).values(component="keys", version=1))
+
+    await run_sql(sql_url, make_version_1)
+    async with SQLKeyStore.from_url(sql_url) as store:
+        old = await store.get("K" * 12)
+        assert old == make_record()
+        assert (old.rate_limit, old.quota) == (None, None)
+        await store.update_limits("K" * 12, rate_limit="5/second", quota="100/day")
+        got = await store.get("K" * 12)
+        assert got is not None
+        assert (got.rate_limit, got.quota) == ("5/second", "100/day")
+    assert sql_module.schema_version() >= 2
+    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
 
 
 async def test_a_newer_schema_is_refused(sql_url: str) -> None:
@@ -99,7 +137,7 @@ async def test_upgrades_run_once_when_workers_start_together(
         # Not idempotent: a second run fails (duplicate column).
         conn.execute(sa.text("ALTER TABLE apiguard_keys ADD COLUMN note VARCHAR(20)"))
 
-    monkeypatch.setattr(sql_module, "_UPGRADES", [add_a_column])
+    monkeypatch.setattr(sql_module, "_UPGRADES", [*sql_module._UPGRADES, add_a_column])
     stores = [SQLKeyStore.from_url(sql_url) for _ in range(6)]
     try:
         found = await asyncio.gather(*(s.get("K" * 12) for s in stores))
@@ -107,7 +145,7 @@ async def test_upgrades_run_once_when_workers_start_together(
         await asyncio.gather(*(s.aclose() for s in stores))
     assert found == [make_record()] * 6
     assert ran == [1]
-    assert await versions(sql_url) == [("keys", 2)]
+    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
 
 
 async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
@@ -123,7 +161,7 @@ async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
         finally:
             await asyncio.gather(*(s.aclose() for s in stores))
         assert results == [[]] * 8
-        assert await versions(sql_url) == [("keys", 1)]
+        assert await versions(sql_url) == [("keys", sql_module.schema_version())]
         await run_sql(sql_url, lambda conn: sql_module._metadata.drop_all(conn))
 
 

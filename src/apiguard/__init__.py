@@ -19,6 +19,7 @@ from apiguard.exceptions import (
     KeyNotFoundError,
     KeyStateError,
     MissingCredentials,
+    RateLimitExceeded,
 )
 from apiguard.keys.record import KeyRecord
 from apiguard.middleware import APIKeyMiddleware, BearerTokenMiddleware
@@ -53,6 +54,7 @@ __all__ = [
     "MissingCredentials",
     "Policy",
     "Principal",
+    "RateLimitExceeded",
     "ScopeRule",
     "ScopeRules",
     "TokenIntrospector",

@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocketClose
 
-from apiguard.exceptions import ApiGuardError, AuthError, InsufficientScope
+from apiguard.exceptions import ApiGuardError, AuthError, InsufficientScope, RateLimitExceeded
 from apiguard.types import Receive, Scope, Send
 
 __all__ = ["ErrorResponder", "ErrorResponseHook", "build_challenge"]
@@ -112,7 +112,10 @@ class ErrorResponder:
         if not isinstance(error, AuthError):
             headers = [("retry-after", self._retry_after), ("cache-control", "no-store")]
             return _Refusal(503, UNAVAILABLE_ERROR, UNAVAILABLE_DESCRIPTION, headers)
-        if error.error is None or scheme is None:
+        if isinstance(error, RateLimitExceeded):
+            # Not a credential problem: no challenge (RFC 6585 §4: 429 with Retry-After).
+            headers = list(error.headers)
+        elif error.error is None or scheme is None:
             headers = list(self._bare)
         else:
             scopes = error.scopes if isinstance(error, InsufficientScope) else ()
@@ -181,7 +184,8 @@ class ErrorResponder:
         ):
             # Without the denial-response extension, closing before accept makes the
             # server answer the handshake with 403.
-            code = _WS_TRY_AGAIN_LATER if not isinstance(error, AuthError) else _WS_POLICY_VIOLATION
+            later = not isinstance(error, AuthError) or isinstance(error, RateLimitExceeded)
+            code = _WS_TRY_AGAIN_LATER if later else _WS_POLICY_VIOLATION
             await WebSocketClose(code=code)(scope, receive, send)
             return
         response = await self.response(error, scheme, scope, receive)

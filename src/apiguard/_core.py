@@ -30,7 +30,7 @@ from apiguard.exceptions import (
 )
 from apiguard.policies import Policy, _with_head, route_path
 from apiguard.principal import ANONYMOUS, Grant
-from apiguard.types import ASGIApp, Receive, Scope, Send
+from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AuthMiddleware", "Authenticator", "GuardOptions", "Refused", "identify", "log_refusal"]
 
@@ -78,6 +78,16 @@ class Bookkeeping(Protocol):
         """Write what is pending; never raises."""
 
 
+class FailureLimit(Protocol):
+    """Limits failed authentications per client (`apiguard.ratelimit.FailedAuthLimit`)."""
+
+    async def check(self, scope: Scope) -> None:
+        """Raise `RateLimitExceeded` if the request's client failed too often."""
+
+    async def failed(self, scope: Scope) -> None:
+        """Count a failed authentication by the request's client."""
+
+
 class GuardOptions(TypedDict, total=False):
     """The options every apiguard middleware takes besides its credentials."""
 
@@ -91,6 +101,7 @@ class GuardOptions(TypedDict, total=False):
     retry_after: int
     error_response: ErrorResponseHook | None
     policies: Sequence[Policy]
+    failed_auth_limit: FailureLimit | None
     on_event: EventHook | None
     metrics: MetricsSink | None
     tracing: TracingSink | None
@@ -146,7 +157,13 @@ class AuthMiddleware:
         policies: Checks run after authentication, in order, before the app: e.g.
             `ScopeRules([...])` for scopes by path and method. A policy's refusal
             (403 `insufficient_scope`, ...) is sent with the challenge of the
-            credential that was used.
+            credential that was used. Header fields a policy returns (the
+            `RateLimit` fields of `apiguard.ratelimit.RateLimits`) are added to the
+            app's `http.response.start`.
+        failed_auth_limit: Limits failed authentications per client address
+            (`apiguard.ratelimit.FailedAuthLimit`): checked before a credential is
+            looked up, a 401 for a bad credential counted after. Over the limit,
+            429 with `Retry-After`, and the store is not asked.
         on_event: `hook(event)` for each decision (an `apiguard.events.AuthEvent`):
             a coroutine function, run on the event loop, or a plain function, run
             in a worker thread; either way after the decision, never holding up
@@ -182,6 +199,7 @@ class AuthMiddleware:
         retry_after: int = 5,
         error_response: ErrorResponseHook | None = None,
         policies: Sequence[Policy] = (),
+        failed_auth_limit: FailureLimit | None = None,
         on_event: EventHook | None = None,
         metrics: MetricsSink | None = None,
         tracing: TracingSink | None = None,
@@ -217,6 +235,7 @@ class AuthMiddleware:
         self._optional = optional
         self._hide = hide_credentials
         self._policies = tuple(policies)
+        self._failures = failed_auth_limit
         # An authenticator with an optional `bookkeeping` (APIKeyAuth) has writes
         # that wait until a response is out, so that no answer waits on them.
         self._bookkeeping: tuple[Bookkeeping, ...] = tuple(
@@ -268,12 +287,15 @@ class AuthMiddleware:
         trace = (
             observer.trace(scope) if observer.active or logger.isEnabledFor(logging.INFO) else None
         )
+        added: list[tuple[bytes, bytes]] = []
         try:
             grant, authenticator = await identify(
                 self._authenticators,
                 scope,
                 optional=self._optional,
                 policies=self._policies,
+                failures=self._failures,
+                fields=added,
                 trace=trace,
             )
         except Refused as refused:
@@ -285,6 +307,8 @@ class AuthMiddleware:
             observer.allowed(trace, scope, grant[0])
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
+        if added and scope["type"] == "http":
+            send = _adding_headers(send, added)
         try:
             await self.app(scope, receive, send)
         except AuthError as exc:
@@ -302,9 +326,14 @@ class AuthMiddleware:
         the credentials; policies and route-level checks still apply."""
         authenticator = self._authenticators[0]
         try:
+            added: list[tuple[bytes, bytes]] = []
             for policy in self._policies:
-                await policy.check(grant[0], scope)
+                fields = await policy.check(grant[0], scope)
+                if fields:
+                    added.extend(fields)
             scope["user"], scope["auth"] = grant
+            if added and scope["type"] == "http":
+                send = _adding_headers(send, added)
             await self.app(scope, receive, send)
         except AuthError as exc:
             await self._refuse(exc, authenticator, scope, receive, send)
@@ -348,11 +377,16 @@ async def identify(
     *,
     optional: bool,
     policies: Sequence[Policy],
+    failures: FailureLimit | None = None,
+    fields: list[tuple[bytes, bytes]] | None = None,
     trace: Trace | None = None,
 ) -> tuple[Grant, Authenticator | None]:
     """Find the request's one credential, check it and run the policies.
 
     The pipeline of `AuthMiddleware`, also run per route by `apiguard.fastapi.Guard`.
+    With `failures`, a credential is checked only while its client has not failed
+    too often, and a 401 for a bad credential is counted. Response header fields
+    the policies return are appended to `fields`, if given.
 
     `trace`, when given, collects what the decision costs (cache verdict, backend
     calls) for its `AuthEvent`.
@@ -368,8 +402,8 @@ async def identify(
     # The scheme that was tried carries the error challenge (RFC 6750 §3).
     if trace is not None:
         with trace:
-            return await _identify(authenticators, scope, optional, policies)
-    return await _identify(authenticators, scope, optional, policies)
+            return await _identify(authenticators, scope, optional, policies, failures, fields)
+    return await _identify(authenticators, scope, optional, policies, failures, fields)
 
 
 async def _identify(
@@ -377,6 +411,8 @@ async def _identify(
     scope: Scope,
     optional: bool,
     policies: Sequence[Policy],
+    failures: FailureLimit | None,
+    fields: list[tuple[bytes, bytes]] | None,
 ) -> tuple[Grant, Authenticator | None]:
     authenticator: Authenticator | None = None
     attempted = authenticators[0]
@@ -393,10 +429,28 @@ async def _identify(
                 raise MissingCredentials
             grant = _ANONYMOUS_GRANT
         else:
+            if failures is not None:
+                await failures.check(scope)  # before the store is asked
             grant = await authenticator.authenticate(credential)
-        for policy in policies:
-            await policy.check(grant[0], scope)
+        principal = grant[0]
+        try:
+            for policy in policies:
+                added = await policy.check(principal, scope)
+                if added and fields is not None:
+                    fields.extend(added)
+        except AuthError as exc:
+            # A policy refused an authenticated caller: name the credential in the log.
+            if exc.credential_id is None:
+                exc.credential_id = principal.key_id or principal.client_id or principal.subject
+            raise
     except ApiGuardError as exc:
+        if (
+            failures is not None
+            and isinstance(exc, AuthError)
+            and exc.status_code == 401
+            and exc.error is not None  # a bad credential, not a missing one
+        ):
+            await _count_failure(failures, scope)
         raise Refused(exc, authenticator or attempted) from None
     except Exception as exc:
         # Fail closed: a bug or an unexpected driver error is never a 500 or a pass.
@@ -433,6 +487,24 @@ def observer(
     if metrics is not None:
         metrics.watch(tuple(authenticators))
     return Observer(on_event=on_event, metrics=metrics, tracing=tracing, app=app)
+
+
+async def _count_failure(failures: FailureLimit, scope: Scope) -> None:
+    try:
+        await failures.failed(scope)
+    except Exception:  # the refusal goes out anyway; the outage is logged
+        logger.exception("could not count a failed authentication")
+
+
+def _adding_headers(send: Send, fields: list[tuple[bytes, bytes]]) -> Send:
+    """`send` that adds `fields` to the response start; every other message unchanged."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *fields]}
+        await send(message)
+
+    return sending
 
 
 def _is_preflight(scope: Scope) -> bool:

@@ -43,6 +43,7 @@ __all__ = ["main"]
 
 DEFAULT_STORE = "sqlite:///apiguard-keys.db"
 STORE_ENV = "APIGUARD_STORE"
+LIMITS_ENV = "APIGUARD_LIMITS"
 CLIENT_SECRET_ENV = "APIGUARD_CLIENT_SECRET"  # noqa: S105 - the variable's name
 # How long a server in another process may still accept a revoked key: its cache TTL.
 CACHE_TTL = CacheOptions().ttl
@@ -178,6 +179,8 @@ def _record_json(record: KeyRecord) -> dict[str, Any]:
         "revoked_at": iso(record.revoked_at),
         "last_used_at": iso(record.last_used_at),
         "metadata": dict(record.metadata),
+        "rate_limit": record.rate_limit,
+        "quota": record.quota,
     }
 
 
@@ -192,6 +195,8 @@ def _echo_record(record: KeyRecord) -> None:
         ("revoked", _when(record.revoked_at)),
         ("last used", _when(record.last_used_at)),
         ("metadata", json.dumps(dict(record.metadata)) if record.metadata else "-"),
+        ("ratelimit", record.rate_limit or "-"),
+        ("quota", record.quota or "-"),
     ):
         click.echo(f"{label + ':':<11}{value}")
 
@@ -230,7 +235,7 @@ def main() -> None:
 
 @main.group()
 def keys() -> None:
-    """Create, list, show, revoke and rotate API keys."""
+    """Create, list, show, update, revoke and rotate API keys."""
 
 
 @keys.command()
@@ -259,6 +264,8 @@ def init(store_url: str, as_json: bool) -> None:
 @click.option("--expires-in", callback=_duration, help="Lifetime, e.g. 90d (default: no expiry).")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata (repeatable).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Key prefix.")
+@click.option("--rate-limit", help="The key's own rate limits, e.g. '100/minute; 5000/day'.")
+@click.option("--quota", help="The key's request quota, e.g. '100000/month' or '1000/day'.")
 @json_option
 def create(
     store_url: str,
@@ -267,6 +274,8 @@ def create(
     expires_in: timedelta | None,
     meta: tuple[str, ...],
     prefix: str,
+    rate_limit: str | None,
+    quota: str | None,
     as_json: bool,
 ) -> None:
     """Create a key and print it, this once."""
@@ -280,7 +289,12 @@ def create(
     issued = _run(
         store_url,
         lambda store: _manager(store, hasher, prefix).create(
-            name, scopes=scopes, expires_in=expires_in, metadata=metadata
+            name,
+            scopes=scopes,
+            expires_in=expires_in,
+            metadata=metadata,
+            rate_limit=rate_limit,
+            quota=quota,
         ),
         writes_keys=True,
     )
@@ -319,13 +333,101 @@ def list_(store_url: str, name: str | None, as_json: bool) -> None:
         )
 
 
+def _limits_url(store_url: str, limits_url: str | None) -> str | None:
+    """Where quota counters live: `--limits`, else a Redis key store's own server."""
+    if limits_url:
+        return limits_url
+    if store_url.partition("://")[0] in ("redis", "rediss", "unix"):
+        return store_url
+    return None
+
+
+async def _usage(record: KeyRecord, limits_url: str | None) -> dict[str, Any] | None:
+    if record.quota is None or limits_url is None:
+        return None
+    from apiguard.ratelimit import Quotas
+
+    quotas = Quotas(storage=limits_url)
+    try:
+        usage = await quotas.usage(record.key_id, record.quota)
+    finally:
+        await quotas.aclose()
+    assert usage is not None  # noqa: S101 - a quota was given
+    return {
+        "used": usage.used,
+        "remaining": usage.remaining,
+        "period_start": usage.period_start.isoformat(),
+        "resets_at": usage.resets_at.isoformat(),
+    }
+
+
 @keys.command()
 @store_option
 @click.argument("key_id")
+@click.option(
+    "--limits",
+    "limits_url",
+    envvar=LIMITS_ENV,
+    help=f"Where the server counts quotas (or set {LIMITS_ENV}); a Redis key store's"
+    " own server by default.",
+)
 @json_option
-def show(store_url: str, key_id: str, as_json: bool) -> None:
-    """Show one key's record."""
-    record = _run(store_url, lambda store: KeyManager(store).get(key_id))
+def show(store_url: str, key_id: str, limits_url: str | None, as_json: bool) -> None:
+    """Show one key's record, and its quota used this period."""
+    where = _limits_url(store_url, limits_url)
+
+    async def action(store: KeyStore) -> tuple[KeyRecord, dict[str, Any] | None]:
+        record = await KeyManager(store).get(key_id)
+        return record, await _usage(record, where)
+
+    record, usage = _run(store_url, action)
+    if as_json:
+        shown = _record_json(record)
+        if record.quota is not None:
+            shown["quota_usage"] = usage
+        click.echo(json.dumps(shown))
+        return
+    _echo_record(record)
+    if usage is not None:
+        click.echo(
+            f"{'used:':<11}{usage['used']} this period, {usage['remaining']} left;"
+            f" resets {usage['resets_at']}"
+        )
+    elif record.quota is not None:
+        click.echo(f"{'used:':<11}unknown: pass --limits with the server's limit storage URL")
+
+
+_CLEAR = "none"
+
+
+@keys.command()
+@store_option
+@click.argument("key_id")
+@click.option(
+    "--rate-limit",
+    help=f"The key's own rate limits, e.g. '100/minute; 5000/day'; '{_CLEAR}' for the default.",
+)
+@click.option("--quota", help=f"The key's quota, e.g. '100000/month'; '{_CLEAR}' for the default.")
+@json_option
+def update(
+    store_url: str, key_id: str, rate_limit: str | None, quota: str | None, as_json: bool
+) -> None:
+    """Change a key's rate limit or quota; servers apply it within their cache TTL."""
+    if rate_limit is None and quota is None:
+        raise click.UsageError("nothing to change: give --rate-limit or --quota")
+
+    async def action(store: KeyStore) -> KeyRecord:
+        manager = KeyManager(store)
+        record = await manager.get(key_id)
+        new_rate = record.rate_limit if rate_limit is None else rate_limit
+        new_quota = record.quota if quota is None else quota
+        return await manager.update_limits(
+            key_id,
+            rate_limit=None if new_rate == _CLEAR else new_rate,
+            quota=None if new_quota == _CLEAR else new_quota,
+        )
+
+    record = _run(store_url, action)
     if as_json:
         click.echo(json.dumps(_record_json(record)))
     else:

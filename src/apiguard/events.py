@@ -72,6 +72,10 @@ REFUSAL_REASONS = frozenset(
         # Policies and route-level checks.
         "missing scope",
         "insufficient_scope",
+        "rate limit",
+        "quota",
+        "too many failed authentications",
+        "rate_limited",
         # 503s, and an `AuthError` raised without a reason.
         "backend unavailable",
         "configuration error",

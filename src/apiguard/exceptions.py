@@ -9,7 +9,8 @@ Every error apiguard raises derives from `ApiGuardError`::
     │   ├── MissingCredentials    401, challenge without error details (RFC 6750 §3.1)
     │   ├── InvalidCredentials    401: malformed, unknown, expired or revoked API key
     │   ├── InvalidToken          401 invalid_token (RFC 6750 §3.1)
-    │   └── InsufficientScope     403 insufficient_scope, with the required scopes
+    │   ├── InsufficientScope     403 insufficient_scope, with the required scopes
+    │   └── RateLimitExceeded     429: a rate limit, quota or failed-authentication limit
     ├── BackendUnavailableError   503: a key store or authorization server cannot be reached
     ├── KeyNotFoundError          a management call named a key id the store does not hold
     └── KeyStateError             a management call that the key's state forbids
@@ -34,6 +35,7 @@ __all__ = [
     "KeyNotFoundError",
     "KeyStateError",
     "MissingCredentials",
+    "RateLimitExceeded",
 ]
 
 
@@ -145,3 +147,30 @@ class InsufficientScope(AuthError):
     ) -> None:
         self.scopes = tuple(sorted(scopes))
         super().__init__(description, reason=reason)
+
+
+class RateLimitExceeded(AuthError):
+    """A rate limit, quota or failed-authentication limit refused the request: 429.
+
+    The response carries no challenge (the credentials are not at fault) but
+    `Retry-After` and, where the policy sends them, the RateLimit fields.
+
+    Attributes:
+        retry_after: Whole seconds until the request may succeed (RFC 9110 §10.2.3).
+        headers: Response header fields sent with the refusal, `Retry-After` included.
+    """
+
+    status_code = 429
+    error = "rate_limited"
+    description = "Too many requests; retry later."
+
+    def __init__(
+        self,
+        retry_after: int,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        reason: str | None = None,
+    ) -> None:
+        self.retry_after = max(0, retry_after)
+        self.headers = (("retry-after", str(self.retry_after)), *headers)
+        super().__init__(reason=reason)

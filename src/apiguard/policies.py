@@ -1,7 +1,7 @@
 """Checks that run after authentication: what an authenticated caller may do.
 
 A `Policy` sees the principal and the request and may refuse it (403 for a missing
-scope; later, 429 for a rate limit). `ScopeRules` requires scopes by path and method,
+scope, 429 for a rate limit: `apiguard.ratelimit`). `ScopeRules` requires scopes by path and method,
 for apps without per-route dependencies.
 """
 
@@ -96,8 +96,14 @@ def _with_head(methods: frozenset[str]) -> frozenset[str]:
 class Policy(Protocol):
     """A check on an authenticated request, run by the middleware before the app."""
 
-    async def check(self, principal: Principal, scope: Scope) -> None:
-        """Return to allow; raise an `AuthError` (e.g. `InsufficientScope`) to refuse."""
+    async def check(
+        self, principal: Principal, scope: Scope
+    ) -> Sequence[tuple[bytes, bytes]] | None:
+        """Return to allow; raise an `AuthError` (e.g. `InsufficientScope`) to refuse.
+
+        May return header fields (lower-case name, value) that the middleware adds to
+        the app's response (`RateLimit` fields, say).
+        """
 
 
 def parse_requirement(text: str) -> tuple[frozenset[str], ...]:

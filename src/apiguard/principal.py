@@ -38,6 +38,8 @@ class Principal(BaseUser):
         subject: The token subject (`sub`), for bearer tokens.
         metadata: Metadata stored with the API key.
         claims: The verified token claims, for bearer tokens.
+        rate_limit: The API key's own rate limits (`KeyRecord.rate_limit`), if any.
+        quota: The API key's request quota (`KeyRecord.quota`), if any.
     """
 
     # field(): without it the dataclass would take BaseUser.identity as a default.
@@ -50,6 +52,8 @@ class Principal(BaseUser):
     subject: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=_empty, repr=False)
     claims: Mapping[str, Any] = field(default_factory=_empty, repr=False)
+    rate_limit: str | None = None
+    quota: str | None = None
 
     @property
     def is_authenticated(self) -> bool:

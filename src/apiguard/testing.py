@@ -198,3 +198,29 @@ class KeyStoreContract:
         assert got is not None
         assert got.last_used_at == now
         await store.record_usage("unknown00000", at=now)  # no error for a vanished key
+
+    async def test_rate_limit_and_quota_read_back(self, store: KeyStore) -> None:
+        """A key's own rate limit and quota are stored with the rest of its record."""
+        record = make_record(rate_limit="100/minute; 5000/day", quota="100000/month")
+        await store.add(record)
+        assert await store.get(record.key_id) == record
+
+    async def test_update_limits_replaces_clears_and_announces(self, store: KeyStore) -> None:
+        """`update_limits` (optional in the protocol) changes only the limits, and tells
+        the listeners; skipped for a store without it."""
+        update = getattr(store, "update_limits", None)
+        if update is None:
+            pytest.skip("the store has no update_limits(): limits are set at creation only")
+        seen: list[str] = []
+        store.add_listener(_recorder(seen))
+        record = make_record(rate_limit="100/minute", quota="100000/month")
+        await store.add(record)
+        updated = await update(record.key_id, rate_limit="5/second", quota=None)
+        assert (updated.rate_limit, updated.quota) == ("5/second", None)
+        assert await store.get(record.key_id) == updated
+        assert updated.scopes == record.scopes
+        assert seen == [record.key_id]
+        cleared = await update(record.key_id, rate_limit=None, quota="10/day")
+        assert (cleared.rate_limit, cleared.quota) == (None, "10/day")
+        with pytest.raises(KeyNotFoundError):
+            await update("unknown00000", rate_limit=None, quota=None)

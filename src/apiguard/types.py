@@ -25,6 +25,11 @@ class KeyStore(Protocol):
 
     `apiguard.keys.BaseKeyStore` implements the listener part; `apiguard.testing`
     holds a contract test suite that any implementation can run.
+
+    Optional: `async update_limits(key_id, *, rate_limit, quota) -> KeyRecord` sets a
+    key's `rate_limit` and `quota` (`None` clears one), tells the listeners as a
+    revoke does, and raises `KeyNotFoundError` for an unknown key. The stores that
+    ship have it; `KeyManager.update_limits` and `apiguard keys update` need it.
     """
 
     async def get(self, key_id: str) -> KeyRecord | None:

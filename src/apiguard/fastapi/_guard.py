@@ -119,6 +119,7 @@ class Guard:
         self._options = options
         self._optional = options.get("optional", False)
         self._policies = tuple(options.get("policies", ()))
+        self._failures = options.get("failed_auth_limit")
         self._responder = ErrorResponder(
             schemes=[(a.scheme, a.challenge_params) for a in self._authenticators],
             realm=options.get("realm", "api"),
@@ -270,11 +271,14 @@ class Guard:
         scope = connection.scope
         trace = self._observer.trace(scope) if self._observer.wanted() else None
         try:
+            # Per route, a policy's response fields (RateLimit) are not added: only
+            # the middleware sees the response start.
             grant, used = await identify(
                 self._authenticators,
                 scope,
                 optional=self._optional,
                 policies=self._policies,
+                failures=self._failures,
                 trace=trace,
             )
             if required:

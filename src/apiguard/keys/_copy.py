@@ -12,7 +12,7 @@ of the same key id:
 - the same but for changes that only ever go one way, a revocation the destination
   lacks or a later last use: those are applied, through `revoke` and `record_usage`,
   as the source's own store applied them (`update`);
-- anything else (name, secret hash, scopes, metadata, creation or expiry time, a
+- anything else (name, secret hash, scopes, metadata, rate limit, quota, creation or expiry time, a
   revocation only the destination has or at another time): left as it is and
   reported (`conflict`). The protocol has no way to replace a record, and which of
   two versions of a key is right is for a person to decide.
@@ -32,7 +32,16 @@ __all__ = ["CopyOutcome", "compare_records", "copy_keys"]
 Action = Literal["copy", "update", "skip", "conflict"]
 
 # Fields that a copy never changes in a destination's record.
-_FIXED = ("name", "secret_hash", "scopes", "created_at", "expires_at", "metadata")
+_FIXED = (
+    "name",
+    "secret_hash",
+    "scopes",
+    "created_at",
+    "expires_at",
+    "metadata",
+    "rate_limit",
+    "quota",
+)
 
 
 @dataclass(frozen=True, slots=True)

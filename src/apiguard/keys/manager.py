@@ -1,4 +1,4 @@
-"""`KeyManager`: the key lifecycle (create, list, show, revoke, rotate), for the CLI and apps."""
+"""`KeyManager`: the key lifecycle (create, list, show, update, revoke, rotate), for the CLI and apps."""
 
 from __future__ import annotations
 
@@ -18,6 +18,27 @@ from apiguard.types import KeyStore
 __all__ = ["IssuedKey", "KeyManager"]
 
 MAX_NAME_LENGTH = 255
+MAX_LIMIT_LENGTH = 255  # the SQL store's column width
+
+
+def validate_limits(rate_limit: str | None, quota: str | None) -> None:
+    """Refuse a rate limit or a quota that `apiguard.ratelimit` could not read.
+
+    Raises:
+        ConfigurationError: Either is malformed or too long, or the `ratelimit`
+            extra is not installed.
+    """
+    for value in (rate_limit, quota):
+        if value is not None and len(value) > MAX_LIMIT_LENGTH:
+            raise ConfigurationError(f"at most {MAX_LIMIT_LENGTH} characters: {value[:20]!r}...")
+    if rate_limit is not None:
+        from apiguard.ratelimit.storage import parse_limits
+
+        parse_limits(rate_limit)
+    if quota is not None:
+        from apiguard.ratelimit.quota import parse_quota
+
+        parse_quota(quota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +77,14 @@ class KeyManager:
         scopes: Iterable[str],
         expires_in: timedelta | None,
         metadata: Mapping[str, Any] | None,
+        rate_limit: str | None = None,
+        quota: str | None = None,
     ) -> tuple[str, KeyRecord]:
         if not name or len(name) > MAX_NAME_LENGTH:
             raise ConfigurationError(f"a key name must be 1 to {MAX_NAME_LENGTH} characters")
         if expires_in is not None and expires_in <= timedelta(0):
             raise ConfigurationError("expires_in must be positive")
+        validate_limits(rate_limit, quota)
         if self._hasher is None:
             self._hasher = KeyHasher()
         generated = generate_key(self._prefix)
@@ -73,6 +97,8 @@ class KeyManager:
             created_at=now,
             expires_at=None if expires_in is None else now + expires_in,
             metadata=MappingProxyType(dict(metadata or {})),
+            rate_limit=rate_limit,
+            quota=quota,
         )
         return generated.value, record
 
@@ -83,9 +109,15 @@ class KeyManager:
         scopes: Iterable[str] = (),
         expires_in: timedelta | None = None,
         metadata: Mapping[str, Any] | None = None,
+        rate_limit: str | None = None,
+        quota: str | None = None,
     ) -> IssuedKey:
-        """Create a key for `name` (an owner may hold several) and return it, once."""
-        key, record = self._new_record(name, scopes, expires_in, metadata)
+        """Create a key for `name` (an owner may hold several) and return it, once.
+
+        `rate_limit` (`"100/minute; 5000/day"`) and `quota` (`"100000/month"`) are
+        the key's own limits, read by `apiguard.ratelimit.RateLimits` and `Quotas`.
+        """
+        key, record = self._new_record(name, scopes, expires_in, metadata, rate_limit, quota)
         await self.store.add(record)
         return IssuedKey(key, record)
 
@@ -98,6 +130,23 @@ class KeyManager:
         record = await self.store.get(key_id)
         if record is None:
             raise KeyNotFoundError(f"no key with id {key_id!r}")
+        return record
+
+    async def update_limits(
+        self, key_id: str, *, rate_limit: str | None, quota: str | None
+    ) -> KeyRecord:
+        """Set the key's own rate limit and quota (`None` clears one: the policy's
+        default applies again). Servers pick the change up within their cache TTL,
+        at once in this process and where the store pushes changes."""
+        validate_limits(rate_limit, quota)
+        # Optional in the KeyStore protocol: stores written before it lack it.
+        update = getattr(self.store, "update_limits", None)
+        if update is None:
+            raise ConfigurationError(
+                f"{type(self.store).__name__} cannot change a key's limits: it has no"
+                " update_limits() (see apiguard.types.KeyStore)"
+            )
+        record: KeyRecord = await update(key_id, rate_limit=rate_limit, quota=quota)
         return record
 
     async def revoke(self, key_id: str) -> KeyRecord:
@@ -117,6 +166,8 @@ class KeyManager:
         if status != "active":
             raise KeyStateError(f"key {key_id!r} is {status}; only an active key can be rotated")
         lifetime = None if old.expires_at is None else old.expires_at - old.created_at
-        key, new = self._new_record(old.name, old.scopes, lifetime, old.metadata)
+        key, new = self._new_record(
+            old.name, old.scopes, lifetime, old.metadata, old.rate_limit, old.quota
+        )
         await self.store.rotate(key_id, new, old_expires_at=new.created_at + grace)
         return IssuedKey(key, new)

@@ -71,6 +71,15 @@ class MemoryKeyStore(BaseKeyStore):
     async def update_hash(self, key_id: str, secret_hash: str) -> None:
         self._records[key_id] = replace(self._require(key_id), secret_hash=secret_hash)
 
+    async def update_limits(
+        self, key_id: str, *, rate_limit: str | None, quota: str | None
+    ) -> KeyRecord:
+        record = self._records[key_id] = replace(
+            self._require(key_id), rate_limit=rate_limit, quota=quota
+        )
+        self._changed(key_id)
+        return record
+
     async def record_usage(self, key_id: str, *, at: datetime) -> None:
         record = self._records.get(key_id)
         if record is not None and (record.last_used_at is None or record.last_used_at < at):

@@ -33,6 +33,11 @@ class KeyRecord:
         last_used_at: When the key last authenticated a request, to the verification
             cache's precision (its positive TTL), or `None`.
         metadata: JSON-serializable data handed to the app in `Principal.metadata`.
+        rate_limit: The key's own rate limits, in the `limits` notation
+            (`"100/minute; 5000/day"`), instead of the `RateLimits` policy's
+            default; `None` for the default.
+        quota: The key's request quota per calendar period (`"100000/month"`,
+            `"1000/day"`), enforced by the `Quotas` policy; `None` for none.
     """
 
     key_id: str
@@ -44,6 +49,8 @@ class KeyRecord:
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    rate_limit: str | None = None
+    quota: str | None = None
 
     def status(self, now: datetime | None = None) -> KeyStatus:
         """Whether the key is `"active"`, `"expired"` or `"revoked"` at `now`."""

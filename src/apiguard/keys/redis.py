@@ -8,7 +8,9 @@ Under the key prefix (`apiguard:` by default)::
 
     apiguard:key:<key id>   name, secret_hash, scopes (JSON list), metadata (JSON object),
                             created_at, expires_at, revoked_at, last_used_at
-                            (microseconds since the Unix epoch, UTC; absent when None)
+                            (microseconds since the Unix epoch, UTC; absent when None),
+                            rate_limit, quota (absent when None: records written
+                            before these fields existed read back without them)
     apiguard:keys           the set of every key id
 
 Writes that depend on what is stored (a taken key id, an earlier expiry, a later last
@@ -49,6 +51,7 @@ __all__ = ["RedisKeyStore", "describe", "redis_client"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _TIMES = ("expires_at", "revoked_at", "last_used_at")
+_LIMITS = ("rate_limit", "quota")
 # How many records `list()` asks for in one round trip.
 _LIST_BATCH = 1000
 
@@ -91,6 +94,19 @@ redis.call('HSET', KEYS[1], 'secret_hash', ARGV[1])
 return 1
 """
 
+# KEYS: the record. ARGV: the rate limit, the quota ("" for none). Returns the record, or nil.
+_UPDATE_LIMITS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+for i, name in ipairs({'rate_limit', 'quota'}) do
+  if ARGV[i] == '' then
+    redis.call('HDEL', KEYS[1], name)
+  else
+    redis.call('HSET', KEYS[1], name, ARGV[i])
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 # KEYS: the record. ARGV: the time of use. Only ever moves forward.
 _RECORD_USAGE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -127,6 +143,10 @@ def _fields(record: KeyRecord) -> list[str]:
         value = getattr(record, name)
         if value is not None:
             fields[name] = _micros(value)
+    for name in _LIMITS:
+        value = getattr(record, name)
+        if value is not None:
+            fields[name] = value
     return [part for pair in fields.items() for part in pair]
 
 
@@ -140,6 +160,8 @@ def _record(key_id: str, stored: Mapping[Any, Any]) -> KeyRecord:
         scopes=frozenset(json.loads(fields["scopes"])),
         created_at=_time(fields["created_at"]),
         metadata=MappingProxyType(json.loads(fields["metadata"])),
+        rate_limit=fields.get("rate_limit"),
+        quota=fields.get("quota"),
         **times,
     )
 
@@ -208,6 +230,7 @@ class RedisKeyStore(BaseKeyStore):
         self._rotate = client.register_script(_ROTATE)
         self._update_hash = client.register_script(_UPDATE_HASH)
         self._record_usage = client.register_script(_RECORD_USAGE)
+        self._update_limits = client.register_script(_UPDATE_LIMITS)
 
     @classmethod
     def from_url(
@@ -308,6 +331,18 @@ class RedisKeyStore(BaseKeyStore):
             updated = await self._update_hash(keys=[self._key(key_id)], args=[secret_hash])
         if not updated:
             raise KeyNotFoundError(f"no key with id {key_id!r}")
+
+    async def update_limits(
+        self, key_id: str, *, rate_limit: str | None, quota: str | None
+    ) -> KeyRecord:
+        with self._errors():
+            stored = await self._update_limits(
+                keys=[self._key(key_id)], args=[rate_limit or "", quota or ""]
+            )
+        if stored is None:
+            raise KeyNotFoundError(f"no key with id {key_id!r}")
+        await self._announce(key_id)
+        return _record(key_id, _pairs(stored))
 
     async def record_usage(self, key_id: str, *, at: datetime) -> None:
         with self._errors():

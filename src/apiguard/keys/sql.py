@@ -102,6 +102,9 @@ keys_table = sa.Table(
     sa.Column("revoked_at", _UTCDateTime),
     sa.Column("last_used_at", _UTCDateTime),
     sa.Column("metadata", sa.JSON, nullable=False),
+    # Version 2.
+    sa.Column("rate_limit", sa.String(255)),
+    sa.Column("quota", sa.String(255)),
 )
 # One row per versioned part of the schema; the keys table is "keys".
 schema_table = sa.Table(
@@ -115,6 +118,15 @@ schema_table = sa.Table(
 # on. Each runs in the transaction that records the new version. Version 1 is the
 # layout above, the one apiguard used before it recorded versions.
 _UPGRADES: list[Callable[[sa.Connection], None]] = []
+
+
+def _add_limits(conn: sa.Connection) -> None:
+    """Version 2: each key may carry its own rate limit and quota."""
+    for column in ("rate_limit", "quota"):
+        conn.execute(sa.text(f"ALTER TABLE apiguard_keys ADD COLUMN {column} VARCHAR(255)"))
+
+
+_UPGRADES.append(_add_limits)
 # Any fixed number: the PostgreSQL advisory lock held while the schema is checked.
 _SCHEMA_LOCK = 0x61706967756172  # "apiguar"
 
@@ -163,6 +175,8 @@ def _to_row(record: KeyRecord) -> dict[str, Any]:
         "revoked_at": record.revoked_at,
         "last_used_at": record.last_used_at,
         "metadata": dict(record.metadata),
+        "rate_limit": record.rate_limit,
+        "quota": record.quota,
     }
 
 
@@ -177,6 +191,8 @@ def _from_row(row: sa.RowMapping) -> KeyRecord:
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
         metadata=MappingProxyType(dict(row["metadata"])),
+        rate_limit=row["rate_limit"],
+        quota=row["quota"],
     )
 
 
@@ -525,6 +541,24 @@ class SQLKeyStore(BaseKeyStore):
             )
         if result.rowcount == 0:
             raise KeyNotFoundError(f"no key with id {key_id!r}")
+
+    @_retry_while_locked
+    async def update_limits(
+        self, key_id: str, *, rate_limit: str | None, quota: str | None
+    ) -> KeyRecord:
+        async with self._connect() as conn:
+            await conn.execute(
+                sa.update(keys_table)
+                .where(keys_table.c.key_id == key_id)
+                .values(rate_limit=rate_limit, quota=quota)
+            )
+            record = await self._get(conn, key_id)
+            if record is not None:
+                await self._notify_on_commit(conn, key_id)
+        if record is None:
+            raise KeyNotFoundError(f"no key with id {key_id!r}")
+        await self._announce(key_id, published=self._notify is not None)
+        return record
 
     @_retry_while_locked
     async def record_usage(self, key_id: str, *, at: datetime) -> None:

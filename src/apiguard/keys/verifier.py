@@ -281,5 +281,7 @@ def _grant(record: KeyRecord) -> Grant:
         scopes=record.scopes,
         key_id=record.key_id,
         metadata=record.metadata,
+        rate_limit=record.rate_limit,
+        quota=record.quota,
     )
     return principal, AuthCredentials(sorted(record.scopes))

@@ -1,0 +1,837 @@
+"""Rate limits, quotas and failed-authentication limits through the middleware.
+
+Header fields follow draft-ietf-httpapi-ratelimit-headers-10 (§3 RateLimit-Policy,
+§4 RateLimit) and, as an option, the older RateLimit-Limit/-Remaining/-Reset of
+draft-06 (§3-§5); 429 and Retry-After are RFC 6585 §4 and RFC 9110 §10.2.3.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocket
+
+from apiguard import APIKeyMiddleware, ConfigurationError, Policy
+from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore
+from apiguard.keys.record import KeyRecord
+from apiguard.ratelimit import (
+    FailedAuthLimit,
+    LimitStorage,
+    Quotas,
+    RateLimits,
+    RouteLimit,
+    Strategy,
+    parse_limits,
+    parse_quota,
+)
+from apiguard.types import ASGIApp
+from tests.servers import RedisServer
+
+from .conftest import PEPPER, MakeClient
+
+# Window boundaries never depend on the wall clock (conftest.FROZEN_NOW).
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("frozen_limits_clock")]
+
+LIMIT_BODY = {"error": "rate_limited", "error_description": "Too many requests; retry later."}
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello", headers={"x-app": "1"})
+
+
+async def ws_endpoint(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hi")
+    await websocket.close()
+
+
+def guarded(store: Any, *policies: Policy, **options: Any) -> ASGIApp:
+    app = Starlette(
+        routes=[
+            Route("/", hello),
+            Route("/search", hello, methods=["GET", "POST"]),
+            WebSocketRoute("/ws", ws_endpoint),
+        ]
+    )
+    return APIKeyMiddleware(app, store=store, pepper=PEPPER, policies=list(policies), **options)
+
+
+class CountingStore(MemoryKeyStore):
+    """A memory store that counts its lookups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        self.lookups += 1
+        return await super().get(key_id)
+
+
+@pytest.fixture
+def key_store() -> CountingStore:
+    return CountingStore()
+
+
+@pytest.fixture
+async def issued(key_store: CountingStore, hasher: KeyHasher) -> IssuedKey:
+    return await KeyManager(key_store, hasher).create("alice")
+
+
+def fields(response: httpx.Response, name: str) -> dict[str, dict[str, str]]:
+    """A RateLimit(-Policy) field as {item: {parameter: value}}."""
+    parsed: dict[str, dict[str, str]] = {}
+    for member in response.headers[name].split(","):
+        item, *params = member.strip().split(";")
+        parsed[item.strip('"')] = dict(p.split("=", 1) for p in params)
+    return parsed
+
+
+# --- limits per caller ------------------------------------------------------------
+
+
+async def test_over_the_limit_is_429_with_retry_after_and_the_usual_body(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """The fourth request in a minute of "3/minute" is refused: 429 (RFC 6585 §4) with
+    Retry-After in seconds (RFC 9110 §10.2.3), no challenge, the refusal JSON body."""
+    limits = RateLimits("3/minute")
+    async with make_client(guarded(key_store, limits)) as client:
+        answers = [await client.get("/", headers={"X-API-Key": issued.key}) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    refused = answers[-1]
+    assert refused.json() == LIMIT_BODY
+    assert refused.headers["content-type"] == "application/json"
+    # limits' memory windows are aligned to the clock: 30 s of this minute are left.
+    assert refused.headers["retry-after"] == "30"
+    assert "www-authenticate" not in refused.headers
+    assert refused.headers["cache-control"] == "no-store"
+    # draft-10 §4.1.1: r is what is left; none at the refusal.
+    assert fields(refused, "ratelimit")["3/minute"]["r"] == "0"
+    # RFC 9110 / draft-10 §6: Retry-After is not earlier than the reset parameter.
+    assert int(refused.headers["retry-after"]) >= int(fields(refused, "ratelimit")["3/minute"]["t"])
+
+
+async def test_allowed_responses_carry_the_draft_fields(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """draft-10 §3.1: RateLimit-Policy has q (quota) and w (window, seconds) per limit;
+    §4.1: RateLimit has r (remaining) and t (seconds to reset). The app's own headers stay."""
+    limits = RateLimits("3/minute; 100/day")
+    async with make_client(guarded(key_store, limits)) as client:
+        first = await client.get("/", headers={"X-API-Key": issued.key})
+        second = await client.get("/", headers={"X-API-Key": issued.key})
+    assert first.status_code == 200
+    assert first.text == "hello"
+    assert first.headers["x-app"] == "1"
+    assert fields(first, "ratelimit-policy") == {
+        "3/minute": {"q": "3", "w": "60"},
+        "100/day": {"q": "100", "w": "86400"},
+    }
+    now = fields(first, "ratelimit")
+    assert now["3/minute"]["r"] == "2"
+    assert now["100/day"]["r"] == "99"
+    assert now["3/minute"]["t"] == "30"  # to the end of this minute's window
+    assert now["100/day"]["t"] == str(86400 - 28830)  # and of this day's
+    assert fields(second, "ratelimit")["3/minute"]["r"] == "1"
+    assert "ratelimit-limit" not in first.headers
+
+
+async def test_legacy_fields_name_the_tightest_limit(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """draft-06 §3-§5: one RateLimit-Limit/-Remaining/-Reset, for the limit with fewest left."""
+    limits = RateLimits("3/minute; 100/day", headers="legacy")
+    async with make_client(guarded(key_store, limits)) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert answer.headers["ratelimit-limit"] == "3"
+    assert answer.headers["ratelimit-remaining"] == "2"
+    assert answer.headers["ratelimit-reset"] == "30"
+    assert "ratelimit" not in answer.headers
+    both = RateLimits("3/minute", headers="both")
+    async with make_client(guarded(key_store, both)) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert {"ratelimit", "ratelimit-policy", "ratelimit-limit"} <= set(answer.headers)
+
+
+async def test_fields_on_refusals_only_when_switched_off_for_success(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """`headers_on_success=False`: allowed responses are untouched, refusals still say why."""
+    limits = RateLimits("1/minute", headers_on_success=False)
+    async with make_client(guarded(key_store, limits)) as client:
+        allowed = await client.get("/", headers={"X-API-Key": issued.key})
+        refused = await client.get("/", headers={"X-API-Key": issued.key})
+    assert "ratelimit" not in allowed.headers
+    assert refused.status_code == 429
+    assert fields(refused, "ratelimit-policy") == {"1/minute": {"q": "1", "w": "60"}}
+
+
+async def test_each_key_has_its_own_counter_and_may_have_its_own_limit(
+    key_store: CountingStore, hasher: KeyHasher, make_client: MakeClient
+) -> None:
+    """A key's `rate_limit` replaces the default; another key's use does not count."""
+    manager = KeyManager(key_store, hasher)
+    small = await manager.create("small", rate_limit="1/minute")
+    large = await manager.create("large")
+    async with make_client(guarded(key_store, RateLimits("2/minute"))) as client:
+        small_answers = [
+            (await client.get("/", headers={"X-API-Key": small.key})) for _ in range(2)
+        ]
+        large_answers = [
+            (await client.get("/", headers={"X-API-Key": large.key})) for _ in range(3)
+        ]
+    assert [a.status_code for a in small_answers] == [200, 429]
+    assert [a.status_code for a in large_answers] == [200, 200, 429]
+    ignoring = RateLimits("2/minute", per_key=False)
+    async with make_client(guarded(key_store, ignoring)) as client:
+        answers = [(await client.get("/", headers={"X-API-Key": small.key})) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+
+
+async def test_route_limits_match_like_scope_rules(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """A route limit applies to its path and methods only, on top of the caller's own."""
+    limits = RateLimits("100/minute", routes=[RouteLimit("/search", "1/minute", methods=["GET"])])
+    key = {"X-API-Key": issued.key}
+    async with make_client(guarded(key_store, limits)) as client:
+        first = await client.get("/search", headers=key)
+        second = await client.get("/search", headers=key)
+        post = await client.post("/search", headers=key)
+        root = await client.get("/", headers=key)
+    assert [first.status_code, second.status_code, post.status_code, root.status_code] == [
+        200,
+        429,
+        200,
+        200,
+    ]
+    assert set(fields(first, "ratelimit")) == {"100/minute", "/search 1/minute"}
+    assert fields(second, "ratelimit")["/search 1/minute"]["r"] == "0"
+    assert set(fields(root, "ratelimit")) == {"100/minute"}
+    # The refused search did not count against the caller's own limit: the first
+    # search, the POST and this request did.
+    assert fields(root, "ratelimit")["100/minute"]["r"] == "97"
+
+
+async def test_a_caller_without_any_limit_gets_no_fields(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient
+) -> None:
+    """No default and no key limit: nothing is counted or added."""
+    async with make_client(guarded(key_store, RateLimits())) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert answer.status_code == 200
+    assert "ratelimit" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"default": "lots"}, "not a rate limit"),
+        ({"default": "0/minute"}, "amounts are positive"),
+        ({"strategy": "leaky-bucket"}, "unknown strategy"),
+        ({"headers": "all"}, "unknown header style"),
+        ({"storage": "mongodb://x"}, "unknown limit storage"),
+    ],
+)
+def test_bad_options_are_configuration_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RateLimits(**kwargs)
+
+
+def test_limit_notation() -> None:
+    """The `limits` notation, several limits split by ';'."""
+    assert [str(item) for item in parse_limits("100/minute; 5000 per day")] == [
+        "100 per 1 minute",
+        "5000 per 1 day",
+    ]
+
+
+def test_websocket_handshake_over_the_limit_is_refused_before_accept(
+    hasher: KeyHasher,
+) -> None:
+    """With the denial-response extension the handshake gets the 429 itself."""
+    store = MemoryKeyStore()
+    issued = anyio.run(lambda: KeyManager(store, hasher).create("ws"))
+    app = guarded(store, RateLimits("1/minute"))
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws", headers={"X-API-Key": issued.key}) as ws:
+            assert ws.receive_text() == "hi"
+        with (
+            pytest.raises(WebSocketDenialResponse) as info,
+            client.websocket_connect("/ws", headers={"X-API-Key": issued.key}),
+        ):
+            pass  # pragma: no cover - refused
+    assert info.value.status_code == 429
+    assert int(info.value.headers["retry-after"]) >= 1
+
+
+# --- Redis: shared between workers, fail closed ----------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_counters_are_shared_between_middleware_instances(
+    key_store: CountingStore, issued: IssuedKey, make_client: MakeClient, redis_url: str
+) -> None:
+    """Two apps (as two workers) on one Redis share one limit."""
+    first = RateLimits("3/minute", storage=redis_url)
+    second = RateLimits("3/minute", storage=redis_url)
+    try:
+        async with (
+            make_client(guarded(key_store, first)) as one,
+            make_client(guarded(key_store, second)) as two,
+        ):
+            codes = [
+                (await client.get("/", headers={"X-API-Key": issued.key})).status_code
+                for client in (one, two, one, two)
+            ]
+    finally:
+        await first.aclose()
+        await second.aclose()
+    assert codes == [200, 200, 200, 429]
+
+
+@pytest.mark.redis
+async def test_redis_down_is_503_with_retry_after(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    make_redis_server: Callable[[], RedisServer],
+) -> None:
+    """Fail closed: limits that cannot be counted are a 503, never a pass."""
+    server = make_redis_server()
+    limits = RateLimits("3/minute", storage=LimitStorage(server.url(), timeout=1.0))
+    try:
+        async with make_client(guarded(key_store, limits, retry_after=7)) as client:
+            assert (await client.get("/", headers={"X-API-Key": issued.key})).status_code == 200
+            server.stop()
+            answer = await client.get("/", headers={"X-API-Key": issued.key})
+    finally:
+        await limits.storage.aclose()
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "7"
+    assert answer.json()["error"] == "temporarily_unavailable"
+
+
+# --- quotas ------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_quota_rolls_over_at_the_calendar_month(
+    backend: str,
+    key_store: CountingStore,
+    hasher: KeyHasher,
+    make_client: MakeClient,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A month's quota ends at midnight UTC on the 1st: Retry-After counts down to it,
+    and the next month starts from zero."""
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    issued = await KeyManager(key_store, hasher).create("plan", quota="2/month")
+    # In the future: Redis expires the counters by its own clock.
+    clock = Clock(at(2099, 1, 31, 23, 58, 20))
+    quotas = Quotas(storage=url, clock=clock)
+    key = {"X-API-Key": issued.key}
+    try:
+        async with make_client(guarded(key_store, quotas)) as client:
+            january = [await client.get("/", headers=key) for _ in range(3)]
+            used = await quotas.usage(issued.record.key_id, "2/month")
+            clock.now = at(2099, 2, 1).timestamp()
+            february = await client.get("/", headers=key)
+            later = await quotas.usage(issued.record.key_id, "2/month")
+    finally:
+        await quotas.aclose()
+    assert [a.status_code for a in january] == [200, 200, 429]
+    assert january[2].headers["retry-after"] == "100"  # to 2099-02-01T00:00:00Z
+    assert january[2].json() == LIMIT_BODY
+    assert fields(january[0], "ratelimit-policy") == {"quota": {"q": "2"}}
+    assert fields(january[1], "ratelimit") == {"quota": {"r": "0", "t": "100"}}
+    assert used is not None
+    assert (used.used, used.remaining) == (2, 0)  # the refused request is not counted
+    assert used.period_start == at(2099, 1, 1)
+    assert used.resets_at == at(2099, 2, 1)
+    assert february.status_code == 200
+    assert later is not None
+    assert (later.used, later.remaining, later.resets_at) == (1, 1, at(2099, 3, 1))
+
+
+@pytest.mark.redis
+async def test_quota_counters_in_redis_are_named_by_period_and_expire(redis_url: str) -> None:
+    """One key per caller and month, expiring a day after the month ends."""
+    import redis.asyncio as aioredis
+
+    from apiguard.principal import Principal
+
+    clock = Clock(at(2026, 12, 15))
+    quotas = Quotas("5/month", storage=redis_url, clock=clock)
+    principal = Principal(identity="KID", kind="api_key", key_id="KID")
+    try:
+        await quotas.check(principal, {"type": "http", "headers": []})
+    finally:
+        await quotas.aclose()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await client.get("apiguard:quota:api_key:KID:2026-12") == b"1"
+        expires = await client.expiretime("apiguard:quota:api_key:KID:2026-12")
+    finally:
+        await client.aclose()
+    assert expires == at(2027, 1, 2).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("text", "amount", "period"),
+    [("100000/month", 100000, "month"), ("1000 per day", 1000, "day"), (" 5/DAY ", 5, "day")],
+)
+def test_quota_notation(text: str, amount: int, period: str) -> None:
+    quota = parse_quota(text)
+    assert (quota.amount, quota.period) == (amount, period)
+
+
+@pytest.mark.parametrize("text", ["100/week", "0/month", "month", "-5/day"])
+def test_bad_quotas_are_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a quota"):
+        parse_quota(text)
+
+
+def test_day_periods() -> None:
+    quota = parse_quota("10/day")
+    assert quota.bounds(at(2026, 12, 31, 13).timestamp()) == (at(2026, 12, 31), at(2027, 1, 1))
+    assert quota.label(at(2026, 12, 31)) == "2026-12-31"
+    assert parse_quota("1/month").bounds(at(2026, 12, 9).timestamp()) == (
+        at(2026, 12, 1),
+        at(2027, 1, 1),
+    )
+
+
+# --- failed authentication -------------------------------------------------------------
+
+
+def client_at(app: ASGIApp, address: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(address, 40000)),
+        base_url="http://testserver",
+    )
+
+
+async def test_failed_authentication_is_limited_before_the_store_is_asked(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """After two bad keys from one address, the third request (even with a good key)
+    is 429 without a store lookup; another address is unaffected (OWASP API2:2023)."""
+    app = guarded(key_store, failed_auth_limit=FailedAuthLimit("2/minute"))
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    async with client_at(app, "203.0.113.7") as attacker, client_at(app, "198.51.100.1") as other:
+        first = await attacker.get("/", headers=bad)
+        second = await attacker.get("/", headers=bad)
+        lookups = key_store.lookups
+        third = await attacker.get("/", headers=bad)
+        good = await attacker.get("/", headers={"X-API-Key": issued.key})
+        assert key_store.lookups == lookups  # the limit came first
+        elsewhere = await other.get("/", headers={"X-API-Key": issued.key})
+        missing = await other.get("/")
+        missing_again = await other.get("/")
+        still = await other.get("/", headers={"X-API-Key": issued.key})
+    assert [first.status_code, second.status_code] == [401, 401]
+    assert [third.status_code, good.status_code] == [429, 429]
+    assert third.json() == LIMIT_BODY
+    assert int(third.headers["retry-after"]) >= 1
+    assert elsewhere.status_code == 200
+    # A request without credentials is no failed guess: never counted.
+    assert [missing.status_code, missing_again.status_code, still.status_code] == [401, 401, 200]
+
+
+async def test_failed_authentication_counts_the_forwarded_client_behind_a_trusted_proxy(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """Behind a trusted proxy, each forwarded client has its own count; a spoofed
+    X-Forwarded-For from an untrusted peer does not escape its own."""
+    from apiguard.proxies import TrustedProxies
+
+    limit = FailedAuthLimit("1/minute", proxies=TrustedProxies(["10.0.0.0/8"]))
+    app = guarded(key_store, failed_auth_limit=limit)
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    async with client_at(app, "10.1.2.3") as proxy, client_at(app, "203.0.113.9") as direct:
+        one = await proxy.get("/", headers={**bad, "X-Forwarded-For": "198.51.100.1"})
+        one_again = await proxy.get("/", headers={**bad, "X-Forwarded-For": "198.51.100.1"})
+        two = await proxy.get("/", headers={**bad, "X-Forwarded-For": "198.51.100.2"})
+        spoof = await direct.get("/", headers={**bad, "X-Forwarded-For": "192.0.2.1"})
+        spoof_again = await direct.get("/", headers={**bad, "X-Forwarded-For": "192.0.2.2"})
+    assert [one.status_code, one_again.status_code, two.status_code] == [401, 429, 401]
+    assert [spoof.status_code, spoof_again.status_code] == [401, 429]
+
+
+@pytest.fixture
+async def redis_limit(redis_url: str) -> AsyncIterator[FailedAuthLimit]:
+    limit = FailedAuthLimit("1/minute", storage=redis_url)
+    yield limit
+    await limit.aclose()
+
+
+@pytest.mark.redis
+async def test_failed_authentication_limit_in_redis(
+    key_store: CountingStore, issued: IssuedKey, redis_limit: FailedAuthLimit
+) -> None:
+    """The failure count lives in Redis, so every worker sees it."""
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    other = FailedAuthLimit("1/minute", storage=redis_limit.storage)
+    async with (
+        client_at(guarded(key_store, failed_auth_limit=redis_limit), "203.0.113.7") as one,
+        client_at(guarded(key_store, failed_auth_limit=other), "203.0.113.7") as two,
+    ):
+        assert (await one.get("/", headers=bad)).status_code == 401
+        assert (await two.get("/", headers=bad)).status_code == 429
+    await other.aclose()  # shares the storage: closes nothing
+
+
+def test_retry_after_is_whole_seconds() -> None:
+    from apiguard import RateLimitExceeded
+
+    error = RateLimitExceeded(-3, (("ratelimit", '"x";r=0;t=0'),))
+    assert error.retry_after == 0
+    assert error.headers[0] == ("retry-after", "0")
+    assert re.fullmatch(r"\d+", error.headers[0][1])
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("on_success", [True, False])
+async def test_redis_costs_one_round_trip_per_limit_and_request(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    on_success: bool,
+) -> None:
+    """Warm, each request sends one batch to Redis per limit: the hit and the window
+    read go together, the fields cost nothing more, nothing else is on the path."""
+    from redis.asyncio.connection import AbstractConnection
+
+    sends = 0
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    limits = RateLimits("50/minute; 500/day", storage=redis_url, headers_on_success=on_success)
+    key = {"X-API-Key": issued.key}
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            await client.get("/", headers=key)  # connects and loads the scripts
+            sends = 0
+            answers = [await client.get("/", headers=key) for _ in range(5)]
+            # The scripts gone (a restart, SCRIPT FLUSH): loaded again, counted once.
+            await limits.storage.redis.script_flush()  # type: ignore[union-attr]
+            after_flush = await client.get("/", headers=key)
+    finally:
+        await limits.aclose()
+    assert all(a.status_code == 200 for a in answers)
+    # 5 requests x 2 limits; the flush; then for the first limit the batch (NOSCRIPT),
+    # two SCRIPT LOADs and the batch again, and the second limit's batch.
+    assert sends == 5 * 2 + 1 + 4 + 1
+    assert after_flush.status_code == 200
+    if on_success:  # 7 requests counted, the retried one once
+        assert fields(after_flush, "ratelimit")["50/minute"]["r"] == "43"
+
+
+# --- storage, outages, who is counted -------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_quota_redis_down_is_503(
+    key_store: CountingStore,
+    hasher: KeyHasher,
+    make_client: MakeClient,
+    make_redis_server: Callable[[], RedisServer],
+) -> None:
+    """Quotas fail closed too."""
+    server = make_redis_server()
+    issued = await KeyManager(key_store, hasher).create("plan", quota="10/day")
+    quotas = Quotas(storage=LimitStorage(server.url(), timeout=1.0))
+    server.stop()
+    try:
+        async with make_client(guarded(key_store, quotas)) as client:
+            answer = await client.get("/", headers={"X-API-Key": issued.key})
+    finally:
+        await quotas.storage.aclose()
+    assert answer.status_code == 503
+    assert "retry-after" in answer.headers
+
+
+async def test_a_failure_that_cannot_be_counted_still_gets_its_401(
+    key_store: CountingStore, issued: IssuedKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal goes out; the counting error is logged."""
+
+    class Broken:
+        async def check(self, scope: Any) -> None:
+            return None
+
+        async def failed(self, scope: Any) -> None:
+            raise OSError("down")
+
+    app = guarded(key_store, failed_auth_limit=Broken())
+    async with client_at(app, "203.0.113.7") as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key[:-4] + "AAAA"})
+    assert answer.status_code == 401
+    assert "could not count a failed authentication" in caplog.text
+
+
+async def test_anonymous_callers_are_counted_by_address(
+    key_store: CountingStore, make_client: MakeClient
+) -> None:
+    """In optional mode, requests without a key share their address's counter."""
+    app = guarded(key_store, RateLimits("1/minute"), optional=True)
+    async with client_at(app, "203.0.113.7") as one, client_at(app, "203.0.113.8") as two:
+        codes = [(await c.get("/")).status_code for c in (one, one, two)]
+    assert codes == [200, 429, 200]
+
+
+def test_partition_keys() -> None:
+    """Keys by key id, bearer tokens by client id (else subject), others by address."""
+    from apiguard.principal import ANONYMOUS, Principal
+    from apiguard.proxies import TrustedProxies
+    from apiguard.ratelimit.policy import partition_key
+
+    proxies = TrustedProxies()
+    request = {"type": "http", "headers": [], "client": ("192.0.2.1", 1)}
+    key = Principal(identity="K1", kind="api_key", key_id="K1")
+    client = Principal(identity="sub", kind="bearer", client_id="app", subject="sub")
+    user = Principal(identity="sub", kind="bearer", subject="sub")
+    assert partition_key(key, request, proxies) == "api_key:K1"
+    assert partition_key(client, request, proxies) == "bearer:app"
+    assert partition_key(user, request, proxies) == "bearer:sub"
+    assert partition_key(ANONYMOUS, request, proxies) == "address:192.0.2.1"
+
+
+async def test_quotas_without_a_quota_do_nothing() -> None:
+    from apiguard.principal import Principal
+
+    quotas = Quotas()
+    principal = Principal(identity="K1", kind="api_key", key_id="K1")
+    assert await quotas.check(principal, {"type": "http", "headers": []}) is None
+    assert await quotas.usage("K1") is None
+    silent = Quotas("5/day", headers=False)
+    assert await silent.check(principal, {"type": "http", "headers": []}) is None
+    assert (await silent.usage("K1")).used == 1  # type: ignore[union-attr]
+    await quotas.aclose()
+
+
+def test_limit_storage_urls() -> None:
+    """Unknown schemes and malformed Redis URLs are configuration errors; no password shows."""
+    with pytest.raises(ConfigurationError, match="unknown limit storage"):
+        LimitStorage("postgresql://u:secret@h/db")
+    with pytest.raises(ConfigurationError) as info:
+        LimitStorage("redis://:secret@host:port/0")
+    assert "secret" not in str(info.value)
+    assert repr(LimitStorage("redis://:secret@localhost:6379/0?push=off")) == (
+        "LimitStorage('redis://:***@localhost:6379/0?push=off')"
+    )
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window", "fixed-window"])
+async def test_every_strategy_limits_and_reports(
+    strategy: Strategy,
+    backend: str,
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Each `limits` strategy, in memory and in Redis: the limit, then 429; r counts down."""
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    limits = RateLimits("2/minute", strategy=strategy, storage=url)
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            answers = [await client.get("/", headers={"X-API-Key": issued.key}) for _ in range(3)]
+    finally:
+        await limits.aclose()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert [fields(a, "ratelimit")["2/minute"]["r"] for a in answers] == ["1", "0", "0"]
+    assert int(answers[2].headers["retry-after"]) >= 1
+
+
+async def test_fields_are_added_to_the_response_start_only(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """`send` is wrapped for `http.response.start` only: the app's header list keeps its
+    order and gets the fields appended; body messages pass as they were, chunk by chunk."""
+    from apiguard.types import Message, Receive, Scope, Send
+
+    chunks: list[Message] = [
+        {"type": "http.response.body", "body": b"one", "more_body": True},
+        {"type": "http.response.body", "body": b"two", "more_body": False},
+    ]
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]})
+        for chunk in chunks:
+            await send(chunk)
+
+    app = APIKeyMiddleware(
+        streaming, store=key_store, pepper=PEPPER, policies=[RateLimits("5/minute")]
+    )
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        raise AssertionError("the request body is never read")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"x-api-key", issued.key.encode())],
+        "client": ("192.0.2.1", 1),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["headers"] == [
+        (b"x-a", b"1"),
+        (b"ratelimit-policy", b'"5/minute";q=5;w=60'),
+        (b"ratelimit", b'"5/minute";r=4;t=30'),
+    ]
+    assert sent[1] is chunks[0]
+    assert sent[2] is chunks[1]
+
+
+async def test_an_unexpected_error_while_counting_is_a_503_not_a_pass(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a storage error, not swallowed: the middleware fails closed."""
+    limits = RateLimits("5/minute")
+
+    async def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(limits._limiter, "hit", broken)
+    async with make_client(guarded(key_store, limits)) as client:
+        answer = await client.get("/", headers={"X-API-Key": issued.key})
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "temporarily_unavailable"
+
+
+def test_storage_errors_are_told_from_other_errors() -> None:
+    """Driver and timeout errors mean the storage is unavailable; a bug is not hidden."""
+    from limits.errors import StorageError
+
+    storage = LimitStorage()
+    assert storage.unavailable(StorageError(ConnectionError("x"))) is not None
+    assert storage.unavailable(TimeoutError()) is not None
+    assert storage.unavailable(ValueError("bug")) is None
+    with pytest.raises(ValueError, match="bug"), storage.errors():
+        raise ValueError("bug")
+
+
+async def test_fastapi_guard_per_route_applies_the_limits(
+    key_store: CountingStore, issued: IssuedKey
+) -> None:
+    """`Guard` without the middleware refuses like it: 429 over a rate limit, and
+    failed authentications limited per address before the store is asked."""
+    from fastapi import Depends, FastAPI
+
+    from apiguard import APIKeyAuth, Principal
+    from apiguard.fastapi import Guard
+
+    guard = Guard(
+        APIKeyAuth(key_store, hasher=KeyHasher(PEPPER)),
+        policies=[RateLimits("1/minute")],
+        failed_auth_limit=FailedAuthLimit("1/minute"),
+    )
+    app = FastAPI()
+    guard.install(app, middleware=False)
+
+    @app.get("/items")
+    async def items(caller: Principal = Depends(guard)) -> dict[str, str]:  # noqa: B008
+        return {"caller": caller.identity}
+
+    good = {"X-API-Key": issued.key}
+    bad = {"X-API-Key": issued.key[:-4] + "AAAA"}
+    async with client_at(app, "203.0.113.7") as client, client_at(app, "198.51.100.7") as other:
+        allowed = await client.get("/items", headers=good)
+        limited = await client.get("/items", headers=good)
+        failed = await other.get("/items", headers=bad)
+        lookups = key_store.lookups
+        slowed = await other.get("/items", headers=bad)
+    assert [allowed.status_code, limited.status_code] == [200, 429]
+    assert limited.json() == LIMIT_BODY
+    assert int(limited.headers["retry-after"]) >= 1
+    assert [failed.status_code, slowed.status_code] == [401, 429]
+    assert key_store.lookups == lookups
+
+
+async def test_key_limits_are_checked_before_they_are_stored(hasher: KeyHasher) -> None:
+    """A key cannot be given a limit no server could read; rotation keeps the limits."""
+    manager = KeyManager(MemoryKeyStore(), hasher)
+    with pytest.raises(ConfigurationError, match="not a rate limit"):
+        await manager.create("x", rate_limit="fast")
+    with pytest.raises(ConfigurationError, match="at most 255 characters"):
+        await manager.create("x", quota="1" * 300 + "/day")
+    issued = await manager.create("x", rate_limit="5/second", quota="10/day")
+    with pytest.raises(ConfigurationError, match="not a quota"):
+        await manager.update_limits(issued.record.key_id, rate_limit=None, quota="10/year")
+    rotated = await manager.rotate(issued.record.key_id)
+    assert (rotated.record.rate_limit, rotated.record.quota) == ("5/second", "10/day")
+    assert str(parse_quota("10 per day")) == "10/day"
+
+
+async def test_limits_apply_under_override_authentication(
+    key_store: CountingStore, make_client: MakeClient
+) -> None:
+    """A test that overrides authentication still meets the limits, fields and all."""
+    from apiguard.testing import override_authentication
+
+    app = guarded(key_store, RateLimits("1/minute"))
+    with override_authentication(app, key_id="K1"):
+        async with make_client(app) as client:
+            allowed = await client.get("/")
+            refused = await client.get("/")
+    assert allowed.status_code == 200
+    assert fields(allowed, "ratelimit")["1/minute"]["r"] == "0"
+    assert refused.status_code == 429
+
+
+async def test_a_store_without_update_limits_says_so(hasher: KeyHasher, tmp_path: Any) -> None:
+    """`update_limits` is optional for stores: without it, the manager says why it cannot."""
+    from examples.custom_store import JSONFileKeyStore
+
+    manager = KeyManager(JSONFileKeyStore(tmp_path / "keys.json"), hasher)
+    issued = await manager.create("x", rate_limit="5/second")
+    got = await manager.get(issued.record.key_id)
+    assert got.rate_limit == "5/second"  # set at creation, stored with the record
+    with pytest.raises(ConfigurationError, match="JSONFileKeyStore cannot change a key's limits"):
+        await manager.update_limits(issued.record.key_id, rate_limit=None, quota=None)
