@@ -24,8 +24,10 @@ _IO_TIMEOUT = 10.0
 
 
 @contextmanager
-def serve(app: ASGIApp, **options: Any) -> Iterator[int]:
-    """Serve `app` with uvicorn on 127.0.0.1, on a port the OS picks; yields the port.
+def serve(app: ASGIApp, *, port: int = 0, **options: Any) -> Iterator[int]:
+    """Serve `app` with uvicorn on 127.0.0.1, on `port` or one the OS picks; yields the port.
+
+    `options` go to `uvicorn.Config` (TLS files, `lifespan="on"`, say).
 
     The server runs in a thread with its own event loop. It is ready when the
     context is entered (uvicorn's `started` flag is polled) and stopped, its
@@ -33,18 +35,17 @@ def serve(app: ASGIApp, **options: Any) -> Iterator[int]:
     `uvicorn.Config` arguments (`ssl_certfile`, ...).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        loop="asyncio",
-        http="h11",
-        ws="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        **options,
-    )
+    sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    settings: dict[str, Any] = {
+        "loop": "asyncio",
+        "http": "h11",
+        "ws": "none",
+        "lifespan": "off",
+        "log_config": None,
+        "access_log": False,
+    }
+    config = uvicorn.Config(app, **(settings | options))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

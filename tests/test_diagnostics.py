@@ -15,7 +15,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from apiguard import BackendUnavailableError, InvalidCredentials, InvalidToken
+from apiguard import BackendUnavailableError, BearerAuth, InvalidCredentials, InvalidToken
 from apiguard.cli import main
 from apiguard.diagnostics import Report, explain_key, explain_token
 from apiguard.keys import KeyManager, KeyVerifier, MemoryKeyStore
@@ -57,9 +57,12 @@ async def jwt_introspector(issuer: FakeIssuer) -> AsyncIterator[JWTIntrospector]
 
 
 async def middleware_verdict(introspector: Any, token: str) -> str | None:
-    """What `TokenVerifier`, as the middleware runs it, says: None or the reason."""
+    """What `BearerAuth`, as the middleware runs it, says: None or the reason."""
+    bearer = BearerAuth(TokenVerifier(introspector))
     try:
-        await TokenVerifier(introspector).verify(token.encode())
+        grant = await bearer.authenticate(token.encode())
+        assert bearer.confirm is not None
+        await bearer.confirm(grant, token.encode(), {"type": "http", "headers": []})
     except InvalidToken as exc:
         return exc.reason
     return None
@@ -82,7 +85,7 @@ JWT_CASES: list[tuple[str, Callable[[], str], str | None, str | None]] = [
         "DPoP-bound as Bearer (RFC 9449 §7.2)",
         lambda: mint(cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
         "cnf",
-        "sender-constrained token without proof",
+        "DPoP-bound token presented as Bearer",
     ),
 ]
 
@@ -185,7 +188,8 @@ def active(**overrides: Any) -> dict[str, Any]:
         (active(exp=1_000_000_000), "exp", "expired"),
         (active(iss="https://evil.example"), "iss", "wrong issuer"),
         (active(iss=None), None, None),  # RFC 7662 §2.2: iss is optional
-        (active(token_type="DPoP"), "token_type", "wrong token_type"),
+        # RFC 9449 §6.2, §7.2: introspection accepts it, BearerAuth refuses it.
+        (active(token_type="DPoP"), "token_type", "DPoP-bound token presented as Bearer"),
     ],
 )
 async def test_an_introspection_answer_is_explained_member_by_member(

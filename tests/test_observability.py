@@ -949,3 +949,38 @@ async def test_a_rate_limit_refusal_is_a_429_event_with_its_reason(
     assert (refused.status, refused.reason) == (429, "rate limit")
     assert (refused.credential_kind, refused.credential_id) == ("api_key", key.record.key_id)
     assert sample(registry, "apiguard_decisions_total", outcome="refused", reason="rate limit") == 1
+
+
+@pytest.mark.redis
+async def test_dpop_replay_store_calls_and_refusals_are_events(
+    redis_url: str, make_client: MakeClient
+) -> None:
+    """DPoP proofs (RFC 9449): the shared replay store is a counted backend; a replayed
+    proof is a refused event with its own reason and the `dpop` credential kind."""
+    from apiguard import AuthMiddleware, DPoPAuth
+    from apiguard.tokens import RedisReplayStore
+
+    from .dpop_support import dpop, proof
+    from .test_dpop import TOKEN, introspector
+
+    hook = Recorder()
+    registry = CollectorRegistry()
+    replay = RedisReplayStore.from_url(redis_url)
+    app = AuthMiddleware(
+        make_app(),
+        authenticators=[DPoPAuth(introspector(), replay=replay)],
+        on_event=hook,
+        metrics=PrometheusMetrics(registry=registry),
+    )
+    try:
+        once = proof(TOKEN, htu="http://testserver/items/1")
+        async with make_client(app) as client:
+            assert (await client.get("/items/1", headers=dpop(TOKEN, once))).status_code == 200
+            assert (await client.get("/items/1", headers=dpop(TOKEN, once))).status_code == 401
+    finally:
+        await replay.aclose()
+    allowed, replayed = await hook.next(), await hook.next()
+    assert allowed.backend_calls is not None
+    assert "replay_store" in allowed.backend_calls
+    assert (replayed.reason, replayed.credential_kind) == ("replayed proof", "dpop")
+    assert sample(registry, "apiguard_backend_calls_total", backend="replay_store") == 2

@@ -139,3 +139,61 @@ def test_repr_lists_the_trusted() -> None:
         == "TrustedProxies(['127.0.0.1', '10.0.0.0/8'])"
     )
     assert repr(TrustedProxies(["*"])) == "TrustedProxies(['*'])"
+
+
+def with_host(request: Scope, scheme: str = "http", host: str = "app:8000") -> Scope:
+    request["scheme"] = scheme
+    request["headers"].append((b"host", host.encode()))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "origin"),
+    [
+        pytest.param("203.0.113.5", [], "http://app:8000", id="no-proxy"),
+        pytest.param(
+            "203.0.113.5",
+            [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.example"),
+             ("X-Forwarded-For", "1.2.3.4")],
+            "http://app:8000",
+            id="untrusted-peer-ignored",
+        ),
+        pytest.param(
+            "10.0.0.1",
+            [("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "https"),
+             ("X-Forwarded-Host", "api.example")],
+            "https://api.example",
+            id="x-forwarded",
+        ),
+        pytest.param(
+            "10.0.0.1",
+            [("Forwarded", 'for=1.2.3.4;proto=https;host="api.example:8443"')],
+            "https://api.example:8443",
+            id="forwarded-rfc7239-s5.3-s5.4",
+        ),
+        pytest.param(
+            "10.0.0.1",
+            [("Forwarded", 'for=1.2.3.4;proto=https;host="api.example", for=10.0.0.2')],
+            "https://api.example",
+            id="two-trusted-proxies",
+        ),
+        pytest.param(
+            "10.0.0.1",
+            [("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "gopher"),
+             ("X-Forwarded-Host", "bad host/")],
+            "http://app:8000",
+            id="malformed-ignored",
+        ),
+        pytest.param(
+            "10.0.0.1",
+            [("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "wss")],
+            "https://app:8000",
+            id="websocket-scheme",
+        ),
+    ],
+)  # fmt: skip
+def test_origin_is_the_one_the_client_used(
+    peer: str, headers: list[tuple[str, str]], origin: str
+) -> None:
+    proxies = TrustedProxies(TRUSTED)
+    assert proxies.origin(with_host(scope(peer, *headers))) == origin

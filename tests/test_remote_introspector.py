@@ -119,7 +119,6 @@ async def test_inactive_token() -> None:
         ({"aud": ["https://x.example", "https://y.example"]}, "wrong audience"),
         ({"exp": 1}, "expired"),
         ({"iss": "https://evil.example"}, "wrong issuer"),
-        ({"token_type": "DPoP"}, "wrong token_type"),
         ({"token_type": "refresh_token"}, "wrong token_type"),
     ],
 )
@@ -128,6 +127,15 @@ async def test_active_answers_are_still_checked(overrides: dict[str, Any], reaso
     with pytest.raises(InvalidToken) as info:
         await introspector(Endpoint(json_answer(**active_answer(**overrides)))).introspect("t")
     assert info.value.reason == reason
+
+
+async def test_dpop_token_type_keeps_its_binding() -> None:
+    """RFC 9449 §6.2: a DPoP-bound token's answer says `token_type` DPoP and `cnf.jkt`;
+    the binding is for the authenticator to check (`BearerAuth` refuses it, §7.2)."""
+    answer = active_answer(token_type="DPoP", cnf={"jkt": "abc"})
+    info = await introspector(Endpoint(json_answer(**answer))).introspect("t")
+    assert info.cnf == {"jkt": "abc"}
+    assert info.claims["token_type"] == "DPoP"
 
 
 async def test_audience_in_a_list_and_lower_case_token_type() -> None:

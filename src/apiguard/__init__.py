@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apiguard._cache import CacheOptions
 from apiguard._core import AuthMiddleware
-from apiguard.authenticators import APIKeyAuth, BearerAuth
+from apiguard.authenticators import APIKeyAuth, BearerAuth, DPoPAuth
 from apiguard.decorators import requires_scopes
 from apiguard.events import AuthEvent
 from apiguard.exceptions import (
@@ -14,14 +14,17 @@ from apiguard.exceptions import (
     ConfigurationError,
     InsufficientScope,
     InvalidCredentials,
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidToken,
     KeyNotFoundError,
     KeyStateError,
     MissingCredentials,
     RateLimitExceeded,
+    UseDPoPNonce,
 )
 from apiguard.keys.record import KeyRecord
+from apiguard.metadata import ProtectedResourceMetadata
 from apiguard.middleware import APIKeyMiddleware, BearerTokenMiddleware
 from apiguard.policies import Policy, ScopeRule, ScopeRules
 from apiguard.principal import ANONYMOUS, CredentialKind, Principal
@@ -43,8 +46,10 @@ __all__ = [
     "CacheOptions",
     "ConfigurationError",
     "CredentialKind",
+    "DPoPAuth",
     "InsufficientScope",
     "InvalidCredentials",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "KeyNotFoundError",
@@ -54,10 +59,12 @@ __all__ = [
     "MissingCredentials",
     "Policy",
     "Principal",
+    "ProtectedResourceMetadata",
     "RateLimitExceeded",
     "ScopeRule",
     "ScopeRules",
     "TokenIntrospector",
+    "UseDPoPNonce",
     "__version__",
     "requires_scopes",
 ]

@@ -1,6 +1,6 @@
 """Refusals: status, `WWW-Authenticate` challenges (RFC 6750 §3) and bodies.
 
-One builder serves every scheme (`ApiKey`, `Bearer`, and later `DPoP`), so each
+One builder serves every scheme (`ApiKey`, `Bearer`, `DPoP`), so each
 refusal is shaped the same way whatever credential was tried.
 """
 
@@ -128,6 +128,7 @@ class ErrorResponder:
                 extra=self._params.get(scheme, ()),
             )
             headers = [("www-authenticate", challenge)]
+        headers.extend(error.headers)
         headers.append(("cache-control", "no-store"))
         return _Refusal(error.status_code, error.error, error.description, headers)
 

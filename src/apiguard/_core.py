@@ -28,6 +28,7 @@ from apiguard.exceptions import (
     InvalidRequest,
     MissingCredentials,
 )
+from apiguard.metadata import ProtectedResourceMetadata
 from apiguard.policies import Policy, _with_head, route_path
 from apiguard.principal import ANONYMOUS, Grant
 from apiguard.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,6 +68,16 @@ class Authenticator(Protocol):
         """Remove the credential from `scope`, so the app never sees it."""
 
 
+Confirm = Callable[[Grant, bytes, Scope], Awaitable[None]]
+"""`await confirm(grant, credential, scope)`: the request proves it may use the credential.
+
+An authenticator's optional `confirm` attribute: run on every request after
+`authenticate` (whose verdict may be cached), for checks that depend on the request,
+such as a DPoP proof or a client certificate bound to the token. Raises `AuthError`
+or `BackendUnavailableError`.
+"""
+
+
 class Bookkeeping(Protocol):
     """Writes an authenticator defers until a response has been sent (key usage, say)."""
 
@@ -102,6 +113,7 @@ class GuardOptions(TypedDict, total=False):
     error_response: ErrorResponseHook | None
     policies: Sequence[Policy]
     failed_auth_limit: FailureLimit | None
+    protected_resource: ProtectedResourceMetadata | None
     on_event: EventHook | None
     metrics: MetricsSink | None
     tracing: TracingSink | None
@@ -164,6 +176,10 @@ class AuthMiddleware:
             (`apiguard.ratelimit.FailedAuthLimit`): checked before a credential is
             looked up, a 401 for a bad credential counted after. Over the limit,
             429 with `Retry-After`, and the store is not asked.
+        protected_resource: Serve this API's RFC 9728 metadata
+            (`ProtectedResourceMetadata`) at its well-known path, without
+            credentials, and name its URL in every challenge (`resource_metadata`,
+            RFC 9728 §5.1).
         on_event: `hook(event)` for each decision (an `apiguard.events.AuthEvent`):
             a coroutine function, run on the event loop, or a plain function, run
             in a worker thread; either way after the decision, never holding up
@@ -200,6 +216,7 @@ class AuthMiddleware:
         error_response: ErrorResponseHook | None = None,
         policies: Sequence[Policy] = (),
         failed_auth_limit: FailureLimit | None = None,
+        protected_resource: ProtectedResourceMetadata | None = None,
         on_event: EventHook | None = None,
         metrics: MetricsSink | None = None,
         tracing: TracingSink | None = None,
@@ -244,8 +261,17 @@ class AuthMiddleware:
             if (keeper := getattr(each, "bookkeeping", None)) is not None
         )
         self._observer = observer(self._authenticators, on_event, metrics, tracing, app)
+        schemes = [(a.scheme, a.challenge_params) for a in self._authenticators]
+        self._metadata = None
+        if protected_resource is not None:
+            self._metadata = protected_resource.responder(self._authenticators)
+            link = ("resource_metadata", protected_resource.url)
+            schemes = [
+                (scheme, params if any(n == link[0] for n, _ in params) else (*params, link))
+                for scheme, params in schemes
+            ]
         self._responder = ErrorResponder(
-            schemes=[(a.scheme, a.challenge_params) for a in self._authenticators],
+            schemes=schemes,
             realm=realm,
             problem_details=problem_details,
             retry_after=retry_after,
@@ -258,6 +284,9 @@ class AuthMiddleware:
             return
         if scope["type"] not in _GUARDED:  # lifespan and anything else: untouched
             await self.app(scope, receive, send)
+            return
+        if self._metadata is not None and self._metadata.matches(scope):
+            await self._metadata(scope, receive, send)  # public by definition (RFC 9728 §3)
             return
         try:
             passes = self._check_exclusions and self._excluded(scope)
@@ -432,6 +461,9 @@ async def _identify(
             if failures is not None:
                 await failures.check(scope)  # before the store is asked
             grant = await authenticator.authenticate(credential)
+            confirm: Confirm | None = getattr(authenticator, "confirm", None)
+            if confirm is not None:  # per request, after a possibly cached verdict
+                await confirm(grant, credential, scope)
         principal = grant[0]
         try:
             for policy in policies:

@@ -1,4 +1,4 @@
-"""The credentials a middleware accepts: `APIKeyAuth` and `BearerAuth`.
+"""The credentials a middleware accepts: `APIKeyAuth`, `BearerAuth` and `DPoPAuth`.
 
 Each says where its credential is in a request and how it is checked; the
 middleware core (`AuthMiddleware`) does the rest. Give several to one
@@ -7,26 +7,36 @@ middleware core (`AuthMiddleware`) does the rest. Give several to one
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apiguard import _credentials
 from apiguard._cache import CacheOptions
-from apiguard.exceptions import ConfigurationError
+from apiguard._origin import OriginFunction, check_base_url, external_origin, request_url
+from apiguard.exceptions import ConfigurationError, InvalidDPoPProof, InvalidRequest, InvalidToken
 from apiguard.keys import open_store
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.verifier import KeyVerifier
 from apiguard.principal import Grant
 from apiguard.tokens._http import check_url
+from apiguard.tokens.dpop import DEFAULT_DPOP_ALGORITHMS, DPoPNonces, DPoPProofChecker
+from apiguard.tokens.mtls import ClientCertificates
+from apiguard.tokens.replay import MemoryReplayStore, ReplayStore
 from apiguard.tokens.verifier import TokenVerifier
 from apiguard.types import KeyStore, Scope, TokenIntrospector
 
 if TYPE_CHECKING:
     from apiguard.tokens.shared_cache import RedisTokenCache
 
-__all__ = ["APIKeyAuth", "BearerAuth"]
+__all__ = ["APIKeyAuth", "BearerAuth", "DPoPAuth"]
+
+Confirm = Callable[[Grant, bytes, Scope], Awaitable[None]]
+_DPOP = frozenset({b"dpop"})
 
 
 class APIKeyAuth:
@@ -55,6 +65,7 @@ class APIKeyAuth:
 
     scheme = "ApiKey"
     challenge_params: tuple[tuple[str, str], ...] = ()
+    confirm: Confirm | None = None
 
     __slots__ = (
         "_headers",
@@ -117,7 +128,13 @@ class BearerAuth:
     """OAuth 2.0 bearer tokens from the `Authorization` header (RFC 6750 §2.1).
 
     Tokens in the query string or the body are never read (OAuth 2.1 §5.1: a
-    resource server ignores them).
+    resource server ignores them). A DPoP-bound token (`cnf.jkt`, or an
+    introspected `token_type` of `DPoP`) is refused here (RFC 9449 §7.2): accept
+    it with `DPoPAuth`. A certificate-bound token (`cnf."x5t#S256"`, RFC 8705 §3)
+    is accepted only over a connection presenting that certificate, found as
+    `certificates` says; without `certificates` it is refused. A `DPoP` header
+    next to a Bearer token is not looked at: the token is judged as a bearer
+    token, by the rules above.
 
     Args:
         introspector: Verifies tokens: `apiguard.tokens.JWTIntrospector`,
@@ -128,32 +145,242 @@ class BearerAuth:
         token_cache: A verdict cache shared by every process, so that a new opaque
             token is introspected once in all: a `RedisTokenCache`, or a Redis URL
             for `RedisTokenCache.from_url` (docs/token-cache.md).
+        certificates: Where client certificates are found, for
+            certificate-bound tokens (`apiguard.tokens.ClientCertificates`).
     """
 
     scheme = "Bearer"
 
-    __slots__ = ("authenticate", "challenge_params", "extract", "verifier")
+    __slots__ = (
+        "authenticate",
+        "certificates",
+        "challenge_params",
+        "confirm",
+        "extract",
+        "verifier",
+    )
 
     def __init__(
         self,
-        introspector: TokenIntrospector,
+        introspector: TokenIntrospector | TokenVerifier,
         *,
         cache: CacheOptions | None = None,
         resource_metadata: str | None = None,
         token_cache: RedisTokenCache | str | None = None,
+        certificates: ClientCertificates | None = None,
     ) -> None:
-        if isinstance(token_cache, str):
-            from apiguard.tokens.shared_cache import RedisTokenCache
-
-            token_cache = RedisTokenCache.from_url(token_cache)
-        self.verifier = TokenVerifier(introspector, cache=cache, token_cache=token_cache)
+        self.verifier = _verifier(introspector, cache, token_cache)
+        self.certificates = certificates
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
         self.extract: Callable[[Scope], bytes | None] = _credentials.read_bearer
+        self.confirm: Confirm | None = self._confirm
         self.challenge_params: tuple[tuple[str, str], ...] = ()
         if resource_metadata is not None:
             check_url(resource_metadata, "resource_metadata")
             self.challenge_params = (("resource_metadata", resource_metadata),)
 
+    async def _confirm(self, grant: Grant, token: bytes, scope: Scope) -> None:
+        check_bearer_binding(grant[0].claims, self.certificates, scope)
+
     def strip(self, scope: Scope) -> None:
         """Remove the Authorization header from the request the app sees."""
         _credentials.strip_headers(scope, _credentials.AUTHORIZATION)
+
+
+class DPoPAuth:
+    """DPoP-bound access tokens: `Authorization: DPoP <token>` with a `DPoP` proof (RFC 9449).
+
+    Every request's proof is checked (RFC 9449 §4.3, `DPoPProofChecker`), its key
+    must be the one the token is bound to (`cnf.jkt`, §6, compared in constant
+    time), and each proof is accepted once (`replay`, §11.1). The token itself is
+    verified and cached like a bearer token; the proof, which changes with every
+    request, is checked on every request. Refusals carry a `DPoP` challenge with
+    `algs` (§7.1): `invalid_dpop_proof` for a bad proof, `use_dpop_nonce` with a
+    `DPoP-Nonce` header when nonces are on, `invalid_token` for a bad token or a
+    key that does not match.
+
+    Args:
+        introspector: Verifies tokens, as for `BearerAuth`; or the `verifier` of a
+            `BearerAuth`, to share one cache between both schemes.
+        cache: Verification cache options, when `introspector` is not a verifier.
+        token_cache: A verdict cache shared by every process (`RedisTokenCache` or
+            a Redis URL), when `introspector` is not a verifier.
+        algorithms: Proof signature algorithms accepted (asymmetric only).
+        max_age: Seconds a proof is accepted after its `iat`.
+        clock_skew: Seconds a proof's `iat` may be ahead of this server's clock.
+        nonces: Require server-issued nonces (`DPoPNonces`), or `None`.
+        replay: Where seen proofs are kept: `MemoryReplayStore()` by default (one
+            process), `RedisReplayStore` for several workers.
+        public_url: The external base URL of the API (`https://api.example`, with
+            any path prefix a proxy adds); by default the origin is taken from the
+            request's scheme and `Host` header (`apiguard._origin.external_origin`).
+        origin: `origin(scope) -> "https://host"`, instead of `public_url`; behind
+            your own proxies, `TrustedProxies([...]).origin` (`apiguard.proxies`),
+            which believes `Forwarded` / `X-Forwarded-*` only from those proxies.
+        certificates: Where client certificates are found, for tokens bound to a
+            certificate as well (`cnf."x5t#S256"`).
+        resource_metadata: The protected resource metadata URL (RFC 9728 §5.1),
+            added to every `DPoP` challenge.
+    """
+
+    scheme = "DPoP"
+
+    __slots__ = (
+        "_clock",
+        "_origin",
+        "authenticate",
+        "certificates",
+        "challenge_params",
+        "checker",
+        "confirm",
+        "extract",
+        "replay",
+        "verifier",
+    )
+
+    def __init__(
+        self,
+        introspector: TokenIntrospector | TokenVerifier,
+        *,
+        cache: CacheOptions | None = None,
+        token_cache: RedisTokenCache | str | None = None,
+        algorithms: Collection[str] = DEFAULT_DPOP_ALGORITHMS,
+        max_age: float = 60.0,
+        clock_skew: float = 5.0,
+        nonces: DPoPNonces | None = None,
+        replay: ReplayStore | None = None,
+        public_url: str | None = None,
+        origin: OriginFunction | None = None,
+        certificates: ClientCertificates | None = None,
+        resource_metadata: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if public_url is not None and origin is not None:
+            raise ConfigurationError("pass either public_url or origin, not both")
+        self.verifier = _verifier(introspector, cache, token_cache)
+        self.checker = DPoPProofChecker(
+            algorithms=algorithms, max_age=max_age, clock_skew=clock_skew, nonces=nonces
+        )
+        self.replay: ReplayStore = replay if replay is not None else MemoryReplayStore()
+        self.certificates = certificates
+        if public_url is not None:
+            base = check_base_url(public_url, "public_url")
+            self._origin: OriginFunction = lambda _scope: base
+        else:
+            self._origin = origin or external_origin
+        self._clock = clock
+        self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
+        self.extract: Callable[[Scope], bytes | None] = _read_dpop
+        self.confirm: Confirm | None = self._confirm
+        params = [("algs", " ".join(self.checker.algorithms))]
+        if resource_metadata is not None:
+            check_url(resource_metadata, "resource_metadata")
+            params.append(("resource_metadata", resource_metadata))
+        self.challenge_params: tuple[tuple[str, str], ...] = tuple(params)
+
+    async def _confirm(self, grant: Grant, token: bytes, scope: Scope) -> None:
+        proof: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"dpop":
+                if proof is not None:  # RFC 9449 §4.3 check 1
+                    raise InvalidDPoPProof(reason="several DPoP headers")
+                proof = value
+        if proof is None:
+            raise InvalidDPoPProof(reason="no DPoP proof")
+        try:
+            url = request_url(scope, self._origin(scope))
+        except ValueError:
+            raise InvalidDPoPProof(reason="no usable Host header") from None
+        result = self.checker.check(
+            proof,
+            method=scope.get("method", "GET"),
+            url=url,
+            token=token,
+            now=self._clock(),
+        )
+        cnf = _cnf(grant[0].claims)
+        jkt = cnf.get("jkt")
+        if not isinstance(jkt, str) or not hmac.compare_digest(
+            jkt.encode("utf-8"), result.jkt.encode("ascii")
+        ):
+            # RFC 9449 §7.1: the proof key must be the key the token is bound to.
+            raise InvalidToken(reason="DPoP key does not match cnf.jkt")
+        _check_certificate(cnf, self.certificates, scope)
+        seen = hashlib.sha256(f"{result.jkt}\x00{result.jti}".encode()).digest()
+        if not await self.replay.first_use(seen, self.checker.replay_window):
+            raise InvalidDPoPProof(reason="replayed proof")
+
+    def strip(self, scope: Scope) -> None:
+        """Remove the Authorization and DPoP headers from the request the app sees."""
+        _credentials.strip_headers(scope, _credentials.AUTHORIZATION | _DPOP)
+
+
+def _verifier(
+    introspector: TokenIntrospector | TokenVerifier,
+    cache: CacheOptions | None,
+    token_cache: RedisTokenCache | str | None,
+) -> TokenVerifier:
+    if isinstance(introspector, TokenVerifier):
+        if cache is not None or token_cache is not None:
+            raise ConfigurationError("cache and token_cache are set on the shared verifier")
+        return introspector
+    if isinstance(token_cache, str):
+        from apiguard.tokens.shared_cache import RedisTokenCache
+
+        token_cache = RedisTokenCache.from_url(token_cache)
+    return TokenVerifier(introspector, cache=cache, token_cache=token_cache)
+
+
+def check_bearer_binding(
+    claims: Mapping[str, Any], certificates: ClientCertificates | None, scope: Scope
+) -> None:
+    """Refuse a sender-constrained token presented as a plain bearer token.
+
+    A DPoP-bound one always (RFC 9449 §7.2); a certificate-bound one unless the
+    request's certificate, found by `certificates`, is the bound one (RFC 8705 §3).
+
+    Raises:
+        InvalidToken: The token is bound to something the request does not prove.
+    """
+    if "cnf" not in claims and "token_type" not in claims:  # the common case
+        return
+    cnf = _cnf(claims)
+    token_type = claims.get("token_type")
+    if "jkt" in cnf or (isinstance(token_type, str) and token_type.lower() == "dpop"):
+        raise InvalidToken(reason="DPoP-bound token presented as Bearer")
+    _check_certificate(cnf, certificates, scope)
+
+
+def _read_dpop(scope: Scope) -> bytes | None:
+    """The token of an `Authorization: DPoP <token>` header (RFC 9449 §7.1), or `None`."""
+    value = _credentials.read_headers(scope, _credentials.AUTHORIZATION)
+    if value is None:
+        return None
+    scheme, _, token = value.partition(b" ")
+    if scheme.lower() != b"dpop":
+        return None
+    token = token.lstrip(b" ")
+    if not token:
+        raise InvalidRequest(reason="empty DPoP token")
+    return token
+
+
+def _cnf(claims: Mapping[str, Any]) -> Mapping[str, Any]:
+    cnf = claims.get("cnf")
+    return cnf if isinstance(cnf, Mapping) else {}
+
+
+def _check_certificate(
+    cnf: Mapping[str, Any], certificates: ClientCertificates | None, scope: Scope
+) -> None:
+    """RFC 8705 §3: a certificate-bound token needs that certificate on the connection."""
+    bound = cnf.get("x5t#S256")
+    if bound is None:
+        return
+    presented = certificates.thumbprint(scope) if certificates is not None else None
+    if (
+        presented is None
+        or not isinstance(bound, str)
+        or not hmac.compare_digest(bound.encode("utf-8"), presented.encode("ascii"))
+    ):
+        raise InvalidToken(reason="certificate does not match cnf.x5t#S256")

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import jwt
 
 from apiguard._cache import CacheOptions
+from apiguard.authenticators import check_bearer_binding
 from apiguard.exceptions import (
     BackendUnavailableError,
     ConfigurationError,
@@ -170,8 +171,12 @@ async def _verdict(
 ) -> Report:
     leeway = float(getattr(introspector, "leeway", 0.0))
     verifier = TokenVerifier(answer, cache=CacheOptions(max_size=1), leeway=leeway)
+    raw = token.encode("utf-8", "surrogateescape")
     try:
-        principal, _ = await verifier.verify(token.encode("utf-8", "surrogateescape"))
+        grant = await verifier.verify(raw)
+        # What BearerAuth checks on every request after the verdict (RFC 9449 §7.2,
+        # RFC 8705 §3): a sender-constrained token presented as a plain bearer token.
+        check_bearer_binding(grant[0].claims, None, {"type": "http", "headers": []})
     except InvalidToken as exc:
         if not steps.failed:
             steps.add("verdict", "fail", exc.reason)
@@ -179,6 +184,7 @@ async def _verdict(
     except BackendUnavailableError as exc:
         steps.add("backend", "fail", str(exc))
         return Report(kind, False, 503, "backend unavailable", tuple(steps.checks))
+    principal = grant[0]
     scopes = " ".join(sorted(principal.scopes)) or "(none)"
     steps.add("principal", "info", f"client_id={principal.client_id} sub={principal.subject}")
     steps.add("granted scopes", "info", scopes)

@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 __all__ = ["BACKENDS", "REFUSAL_REASONS", "AuthEvent", "EventHook", "reason_label"]
 
-BACKENDS = ("store", "jwks", "discovery", "introspection", "shared_cache")
+BACKENDS = ("store", "jwks", "discovery", "introspection", "shared_cache", "replay_store")
 """The backends whose calls events count: key store, JWKS, authorization server
-metadata, RFC 7662 introspection, the shared (Redis) token cache."""
+metadata, RFC 7662 introspection, the shared (Redis) token cache, the shared (Redis)
+DPoP proof replay store."""
 
 REFUSAL_REASONS = frozenset(
     {
@@ -69,6 +70,36 @@ REFUSAL_REASONS = frozenset(
         "introspection: unsupported_token_type",
         "introspection: rejected",
         "invalid_token",
+        # Sender-constrained tokens: DPoP proofs (RFC 9449), certificates (RFC 8705).
+        "invalid_dpop_proof",
+        "use_dpop_nonce",
+        "nonce required",
+        "no DPoP proof",
+        "several DPoP headers",
+        "empty DPoP token",
+        "DPoP-bound token presented as Bearer",
+        "DPoP key does not match cnf.jkt",
+        "replayed proof",
+        "no usable Host header",
+        "proof too large",
+        "typ is not dpop+jwt",
+        "no jwk",
+        "signature does not verify",
+        "claims are not JSON",
+        "claims are not an object",
+        "header is not JSON",
+        "header is not an object",
+        "jwk holds a private key",
+        "jwk does not fit alg",
+        "jwk is not a valid key",
+        "RSA key too small",
+        "jti missing or too long",
+        "htm does not match",
+        "htu does not match",
+        "iat missing",
+        "iat outside the window",
+        "ath does not match the token",
+        "certificate does not match cnf.x5t#S256",
         # Policies and route-level checks.
         "missing scope",
         "insufficient_scope",

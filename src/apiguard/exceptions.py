@@ -9,6 +9,8 @@ Every error apiguard raises derives from `ApiGuardError`::
     │   ├── MissingCredentials    401, challenge without error details (RFC 6750 §3.1)
     │   ├── InvalidCredentials    401: malformed, unknown, expired or revoked API key
     │   ├── InvalidToken          401 invalid_token (RFC 6750 §3.1)
+    │   ├── InvalidDPoPProof      401 invalid_dpop_proof (RFC 9449 §7.1)
+    │   ├── UseDPoPNonce          401 use_dpop_nonce, with a fresh `DPoP-Nonce` (RFC 9449 §9)
     │   ├── InsufficientScope     403 insufficient_scope, with the required scopes
     │   └── RateLimitExceeded     429: a rate limit, quota or failed-authentication limit
     ├── BackendUnavailableError   503: a key store or authorization server cannot be reached
@@ -30,12 +32,14 @@ __all__ = [
     "ConfigurationError",
     "InsufficientScope",
     "InvalidCredentials",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "KeyNotFoundError",
     "KeyStateError",
     "MissingCredentials",
     "RateLimitExceeded",
+    "UseDPoPNonce",
 ]
 
 
@@ -77,6 +81,8 @@ class AuthError(ApiGuardError):
         remember_for: The longest a verification cache may keep this refusal, in
             seconds, when that is shorter than its negative TTL (an unknown `kid`
             that a key set refetch may soon make known); `None` for no limit.
+        headers: Response headers the refusal carries besides the challenge
+            (`DPoP-Nonce`).
     """
 
     status_code: int = 401
@@ -89,6 +95,7 @@ class AuthError(ApiGuardError):
         self.reason = reason or self.error or "refused"
         self.credential_id: str | None = None
         self.remember_for: float | None = None
+        self.headers: tuple[tuple[str, str], ...] = ()
         super().__init__(self.description)
 
 
@@ -125,6 +132,27 @@ class InvalidToken(AuthError):
     status_code = 401
     error = "invalid_token"
     description = "The access token is invalid."
+
+
+class InvalidDPoPProof(AuthError):
+    """The DPoP proof is missing, malformed, replayed or does not fit the request (RFC 9449 §4.3)."""
+
+    status_code = 401
+    error = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid."
+
+
+class UseDPoPNonce(AuthError):
+    """The resource server requires a DPoP nonce: retry with the one in `DPoP-Nonce` (RFC 9449 §9)."""
+
+    status_code = 401
+    error = "use_dpop_nonce"
+    description = "Resource server requires nonce in DPoP proof."
+
+    def __init__(self, nonce: str, *, reason: str | None = None) -> None:
+        super().__init__(reason=reason or "nonce required")
+        # RFC 9449 §8.2: responses carrying a nonce are not to be cached.
+        self.headers = (("dpop-nonce", nonce),)
 
 
 class InsufficientScope(AuthError):

@@ -33,7 +33,8 @@ class OpenTelemetryTracing:
     `http.response.status_code`, `error.type` and `apiguard.reason`, and sets the
     span's status to ERROR. Each backend call made while deciding is a child span,
     `apiguard.store`, `apiguard.jwks`, `apiguard.discovery`,
-    `apiguard.introspection` or `apiguard.shared_cache`, with status ERROR when
+    `apiguard.introspection`, `apiguard.shared_cache` or `apiguard.replay_store`,
+    with status ERROR when
     the call failed. Attributes never hold a key, a secret or a token.
 
     Args:

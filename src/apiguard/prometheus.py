@@ -39,8 +39,8 @@ class PrometheusMetrics:
     - `apiguard_decision_duration_seconds{outcome}`: how long decisions took.
     - `apiguard_cache_total{result}`: verification cache `hit`s and `miss`es.
     - `apiguard_backend_calls_total{backend}` and `apiguard_backend_errors_total{backend}`:
-      calls made while deciding, to `store`, `jwks`, `discovery`, `introspection`
-      and `shared_cache`, and those that failed.
+      calls made while deciding, to `store`, `jwks`, `discovery`, `introspection`,
+      `shared_cache` and `replay_store`, and those that failed.
     - `apiguard_jwks_refreshes_total`: key set (JWKS) fetches.
     - `apiguard_invalidations_total{scope}`: key invalidations applied to the
       verification caches (a revoke or rotation here or, through the store's push

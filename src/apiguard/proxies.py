@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from apiguard._origin import _HOST, _WS_SCHEMES, external_origin
 from apiguard.exceptions import ConfigurationError
 from apiguard.types import Scope
 
@@ -226,6 +227,33 @@ class TrustedProxies:
             if not self.trusts(hop.address):
                 return hop
         return hops[0]
+
+    def origin(self, scope: Scope) -> str:
+        """The origin the client sent the request to, `scheme://host[:port]`.
+
+        From the forwarded `proto` and `host` (`Forwarded`, or `X-Forwarded-Proto`
+        and `X-Forwarded-Host`) when the peer is a trusted proxy and they are well
+        formed, else from the scope (`apiguard._origin.external_origin`). Pass it
+        to `DPoPAuth(origin=proxies.origin)` so that a proof's `htu` is compared
+        with the URL the client used (RFC 9449 §4.3).
+
+        Raises:
+            ValueError: No usable host, in the headers or the scope.
+        """
+        origin = external_origin(scope)
+        hops = self.hops(scope)
+        if not hops:
+            return origin
+        client = self.client_hop(scope)
+        start = hops.index(client) if client is not None else 0
+        proto = next((h.proto for h in hops[start:] if h.proto), None)
+        host = next((h.host for h in hops[start:] if h.host), None)
+        scheme, _, current = origin.partition("://")
+        if proto is not None and proto.lower() in ("http", "https", "ws", "wss"):
+            scheme = _WS_SCHEMES.get(proto.lower(), proto.lower())
+        if host is not None and len(host) <= 255 and _HOST.fullmatch(host):
+            current = host
+        return f"{scheme}://{current}"
 
     def client_address(self, scope: Scope) -> str:
         """The client's address: from the forwarding headers when the peer is a

@@ -110,6 +110,21 @@ class AuthorizationServer:
         token: str = response.json()["access_token"]
         return token
 
+    def bound_token(
+        self, resource: str, client: tuple[str, str], headers: dict[str, str]
+    ) -> tuple[str, str]:
+        """A client-credentials token for `client`, sending `headers` (a DPoP proof, a
+        client certificate): the token and its `token_type`."""
+        response = httpx.post(
+            f"{self.issuer}/token",
+            data={"grant_type": "client_credentials", "resource": resource, "scope": "items:read"},
+            auth=client,
+            headers=headers,
+        )
+        response.raise_for_status()
+        answer = response.json()
+        return answer["access_token"], answer["token_type"]
+
     def introspections(self) -> int:
         """How many introspection calls the server has received since it started."""
         response = httpx.get(f"{self.issuer}/test/introspections")

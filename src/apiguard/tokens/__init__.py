@@ -6,6 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from apiguard.tokens.composite import CompositeIntrospector
 from apiguard.tokens.discovery import discover, metadata_urls
+from apiguard.tokens.dpop import (
+    DEFAULT_DPOP_ALGORITHMS,
+    DPoPNonces,
+    DPoPProofChecker,
+    jwk_thumbprint,
+)
 from apiguard.tokens.info import DEFAULT_SCOPE_CLAIMS, TokenInfo, scopes_from_claims
 from apiguard.tokens.introspection import ClientAuthMethod, RemoteIntrospector
 from apiguard.tokens.jwks import (
@@ -14,6 +20,8 @@ from apiguard.tokens.jwks import (
     JWTIntrospector,
     TrustedIssuer,
 )
+from apiguard.tokens.mtls import ClientCertificates, certificate_thumbprint
+from apiguard.tokens.replay import MemoryReplayStore, RedisReplayStore, ReplayStore
 from apiguard.tokens.verifier import TokenVerifier
 from apiguard.types import TokenIntrospector
 
@@ -22,18 +30,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
+    "DEFAULT_DPOP_ALGORITHMS",
     "DEFAULT_REQUIRED_CLAIMS",
     "DEFAULT_SCOPE_CLAIMS",
     "ClientAuthMethod",
+    "ClientCertificates",
     "CompositeIntrospector",
+    "DPoPNonces",
+    "DPoPProofChecker",
     "JWTIntrospector",
+    "MemoryReplayStore",
+    "RedisReplayStore",
     "RedisTokenCache",
     "RemoteIntrospector",
+    "ReplayStore",
     "TokenInfo",
     "TokenIntrospector",
     "TokenVerifier",
     "TrustedIssuer",
+    "certificate_thumbprint",
     "discover",
+    "jwk_thumbprint",
     "metadata_urls",
     "scopes_from_claims",
 ]

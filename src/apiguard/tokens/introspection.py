@@ -45,7 +45,10 @@ logger = logging.getLogger("apiguard.tokens")
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
 _ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
+# Access tokens: bearer ones, and DPoP-bound ones, whose `cnf.jkt` the DPoP
+# authenticator checks and which `BearerAuth` refuses (RFC 9449 §6.2, §7.2).
 _BEARER_TYPES = frozenset({"bearer", "access_token"})
+_ACCESS_TYPES = _BEARER_TYPES | {"dpop"}
 _INACTIVE = TokenInfo(active=False)
 # RFC 6749 §5.2 codes that mean this API's own client authentication failed.
 _CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
@@ -311,8 +314,8 @@ class RemoteIntrospector:
             return _INACTIVE
         info = TokenInfo.from_claims(answer, scope_claims=self._scope_claims)
         token_type = answer.get("token_type")
-        if token_type is not None and str(token_type).lower() not in _BEARER_TYPES:
-            # A DPoP-bound or refresh token is not a bearer access token (RFC 9449 §6.2).
+        if token_type is not None and str(token_type).lower() not in _ACCESS_TYPES:
+            # A refresh token, say, is not an access token.
             raise InvalidToken(reason="wrong token_type")
         if info.expires_at is not None and info.expires_at + self._leeway_delta <= utcnow():
             raise InvalidToken(reason="expired")

@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from starlette.authentication import AuthCredentials
@@ -42,7 +43,10 @@ class TokenVerifier:
     Cache keys are SHA-256 digests of tokens (RFC 9700 §4.9.3: tokens are not stored
     in plaintext). A grant is reused for `cache.ttl` seconds and never past the
     token's `exp` + `leeway` (RFC 7662 §4), the moment the introspector too stops
-    accepting it; refusals for `cache.negative_ttl`; outages never. With
+    accepting it; refusals for `cache.negative_ttl`; outages never. A grant holds
+    the token's `cnf` claim, if any, in `Principal.claims`: whether the request
+    proves possession of the bound key (DPoP, RFC 9449; mTLS, RFC 8705) is for the
+    authenticator to check on every request, never cached. With
     `cache.stale_if_error` a grant may answer an outage of the introspector that
     much past its `ttl`, still never past `exp` + `leeway`.
 
@@ -119,10 +123,6 @@ class TokenVerifier:
                 )
             if not info.active:
                 raise InvalidToken(reason="inactive")
-            if info.cnf is not None and ({"jkt", "x5t#S256"} & info.cnf.keys()):
-                # RFC 9449 §7.2 / RFC 8705 §3: a sender-constrained token presented as
-                # a plain Bearer token, without its proof, is refused.
-                raise InvalidToken(reason="sender-constrained token without proof")
             lifetime = None
             if info.expires_at is not None:
                 lifetime = (info.expires_at - utcnow()).total_seconds() + self.leeway
@@ -142,6 +142,11 @@ class TokenVerifier:
             if len(self._scope_sets) < MAX_SCOPE_SETS:
                 self._scope_sets[info.scopes] = shared
         scopes, credentials = shared
+        claims = info.claims
+        if info.cnf is not None and "cnf" not in claims:
+            # The binding (RFC 7800 `cnf`) is checked on every request, after this
+            # cached grant, by the authenticator: it travels with the claims.
+            claims = MappingProxyType({**claims, "cnf": info.cnf})
         principal = Principal(
             identity=info.subject or info.client_id or "",
             kind="bearer",
@@ -149,7 +154,7 @@ class TokenVerifier:
             scopes=scopes,
             client_id=info.client_id,
             subject=info.subject,
-            claims=info.claims,
+            claims=claims,
         )
         return principal, credentials
 

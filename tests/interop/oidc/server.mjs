@@ -1,8 +1,9 @@
 // A real OAuth 2.0 authorization server for apiguard's interop tests, on loopback.
 // client_credentials with resource indicators (RFC 8707): JWT access tokens
 // (RFC 9068; RS256 or ES256) and opaque ones; introspection (RFC 7662) and
-// revocation (RFC 7009), with a count of introspection calls. Signing keys come
-// from $JWKS_PATH so that tests can rotate them by restarting the server.
+// revocation (RFC 7009), with a count of introspection calls; DPoP-bound (RFC
+// 9449) and certificate-bound (RFC 8705) access tokens. Signing keys come from
+// $JWKS_PATH so that tests can rotate them by restarting the server.
 import { readFileSync } from 'node:fs';
 import Provider, { errors } from 'oidc-provider';
 
@@ -39,6 +40,28 @@ const provider = new Provider(issuer, {
       response_types: [],
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      // A client whose access tokens are always DPoP-bound (RFC 9449 §5.2).
+      client_id: 'dpop-service',
+      client_secret: 'dpop-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      dpop_bound_access_tokens: true,
+    },
+    {
+      // A client whose access tokens are bound to its TLS client certificate
+      // (RFC 8705 §3). TLS ends before this server in the tests: the certificate
+      // arrives URL-encoded in X-Client-Cert, as nginx's $ssl_client_escaped_cert.
+      client_id: 'mtls-service',
+      client_secret: 'mtls-secret',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      tls_client_certificate_bound_access_tokens: true,
     },
     {
       // The API's own credentials for introspection, with characters that
@@ -79,12 +102,24 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true, allowedPolicy: async () => true },
     revocation: { enabled: true },
+    dPoP: { enabled: true },
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      getCertificate: (ctx) => {
+        const value = ctx.get('x-client-cert');
+        return value ? decodeURIComponent(value) : undefined;
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: async () => `${API}/rs256`,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (ctx, resourceIndicator) => {
-        const resource = resources[resourceIndicator];
+        // The MCP example (examples/mcp_server.py) on a loopback port is its own resource.
+        const mcp = /^http:\/\/127\.0\.0\.1:\d+\/mcp$/.test(resourceIndicator);
+        const resource = resources[resourceIndicator]
+          ?? (mcp ? { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'ES256' } } } : undefined);
         if (!resource) throw new errors.InvalidTarget();
         return { scope: 'items:read items:write', audience: resourceIndicator, accessTokenTTL: 300, ...resource };
       },
