@@ -113,8 +113,7 @@ class ErrorResponder:
             headers = [("retry-after", self._retry_after), ("cache-control", "no-store")]
             return _Refusal(503, UNAVAILABLE_ERROR, UNAVAILABLE_DESCRIPTION, headers)
         if isinstance(error, RateLimitExceeded):
-            # Not a credential problem: no challenge (RFC 6585 §4: 429 with Retry-After,
-            # which is in `error.headers`, added below).
+            # Not a credential problem: no challenge (RFC 6585 §4: 429 with Retry-After).
             headers = []
         elif error.error is None or scheme is None:
             headers = list(self._bare)

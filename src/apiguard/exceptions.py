@@ -199,6 +199,6 @@ class RateLimitExceeded(AuthError):
         *,
         reason: str | None = None,
     ) -> None:
-        super().__init__(reason=reason)  # first: it sets `headers` to none
+        super().__init__(reason=reason)
         self.retry_after = max(0, retry_after)
         self.headers = (("retry-after", str(self.retry_after)), *headers)
