@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -224,9 +225,19 @@ class Guard:
                 optional=self._optional,
                 problem_details=self._options.get("problem_details", False),
                 custom_body=self._options.get("error_response") is not None,
+                rate_limited=self._rate_limited(),
             )
 
         return description
+
+    def _rate_limited(self) -> bool:
+        """Whether a policy or the failed-authentication limit may answer 429."""
+        if self._failures is not None:
+            return True
+        limiting = sys.modules.get("apiguard.ratelimit")  # loaded if a limit is configured
+        return limiting is not None and any(
+            isinstance(policy, limiting.RateLimits | limiting.Quotas) for policy in self._policies
+        )
 
     def _discover_token_url(self, app: FastAPI) -> Callable[[], Awaitable[None]]:
         issuer = self._issuer
