@@ -69,6 +69,9 @@ class LeakScanner:
     """The API keys generated so far, in order."""
     objects: list[object] = field(default_factory=list)
     """Instances of public classes made during the current test, scanned at its end."""
+    real_is_enabled_for: Any = None
+    """`logging.Logger.isEnabledFor` as logging has it: the scan makes every level
+    enabled, so a test of what is built only for enabled levels puts this one back."""
 
     def record(self, secret: str | bytes | None, origin: str) -> None:
         """Remember `secret` (shorter ones than the fragment length cannot be told apart)."""

@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from apiguard._challenge import ErrorResponder
-from apiguard._core import Authenticator, AuthMiddleware, Refused, identify, log_refusal
+from apiguard._core import Authenticator, AuthMiddleware, Refused, identify, observer
 from apiguard.authenticators import APIKeyAuth
 from apiguard.exceptions import ApiGuardError, ConfigurationError
 from apiguard.fastapi._openapi import Description, complete
@@ -135,6 +135,12 @@ class Guard:
             if (keeper := getattr(each, part, None)) is not None
         )
         self._middleware = False
+        self._observer = observer(
+            self._authenticators,
+            options.get("on_event"),
+            options.get("metrics"),
+            options.get("tracing"),
+        )
 
     @property
     def token_url(self) -> str | None:
@@ -275,6 +281,7 @@ class Guard:
                 check_scopes(principal, required)
             return principal
         scope = connection.scope
+        trace = self._observer.trace(scope) if self._observer.wanted() else None
         try:
             # Per route, a policy's response fields (RateLimit) are not added: only
             # the middleware sees the response start.
@@ -284,6 +291,7 @@ class Guard:
                 optional=self._optional,
                 policies=self._policies,
                 failures=self._failures,
+                trace=trace,
             )
             # Let through, as the middleware counts: before the route's own scope check,
             # and once a request, however many of its dependencies use the guard.
@@ -296,10 +304,12 @@ class Guard:
                 except ApiGuardError as exc:
                     raise Refused(exc, used or self._authenticators[0]) from None
         except Refused as refused:
-            error = log_refusal(refused.error, scope)
+            scheme = refused.authenticator.scheme
+            error = self._observer.refused(refused.error, scope, scheme, trace)
             await self._flush()
-            raise GuardRefusal(error, refused.authenticator.scheme, self._responder) from None
+            raise GuardRefusal(error, scheme, self._responder) from None
         scope["user"], scope["auth"] = grant
+        self._observer.allowed(trace, scope, grant[0])
         if any(keeper.pending for keeper in self._bookkeeping):
             background_tasks.add_task(self._flush)  # after the response is sent
         return grant[0]
