@@ -39,6 +39,8 @@ from typing import Any
 import pytest
 import yaml
 
+from apiguard.exceptions import AuthError
+
 from .docs_support import (
     ROOT,
     Block,
@@ -304,3 +306,25 @@ def test_the_api_reference_has_one_page_per_public_module() -> None:
     for module, path in documented.items():
         assert __import__(module, fromlist=["__all__"]).__all__, module
         assert f"{module}: {path}" in nav
+
+
+def refusal_classes() -> list[type[AuthError]]:
+    found, pending = [], [AuthError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__ == "apiguard.exceptions" and cls is not AuthError:
+            found.append(cls)
+    return found
+
+
+@pytest.mark.parametrize("error", refusal_classes(), ids=lambda cls: cls.__name__)
+def test_every_refusal_is_on_the_error_reference(error: type[AuthError]) -> None:
+    """Its exception, error code and fixed description, in one row; its status in the tree."""
+    page = (DOCS / "errors.md").read_text()
+    code = f"`{error.error}`" if error.error else "(none)"
+    row = f"| {code} | {error.description} | `{error.__name__}` |"
+    assert row in page
+    tree_line = re.search(rf"^[│├└─ ]+{error.__name__} +(\d+)", page, re.MULTILINE)
+    assert tree_line is not None
+    assert int(tree_line[1]) == error.status_code
