@@ -328,3 +328,11 @@ def test_every_refusal_is_on_the_error_reference(error: type[AuthError]) -> None
     tree_line = re.search(rf"^[│├└─ ]+{error.__name__} +(\d+)", page, re.MULTILINE)
     assert tree_line is not None
     assert int(tree_line[1]) == error.status_code
+
+
+def test_the_quick_start_is_the_readmes() -> None:
+    """The site's front page shows the app the README's quick start runs (tests/test_readme.py)."""
+    readme = fenced_blocks((ROOT / "README.md").read_text())
+    index = page_blocks(DOCS / "index.md")
+    (app,) = [b.code for b in readme if b.code.startswith("# app.py\n")]
+    assert app in [b.code for b in index]
