@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
@@ -19,6 +20,7 @@ from apiguard import (
     Principal,
     ScopeRule,
     ScopeRules,
+    UsageOptions,
 )
 from apiguard.fastapi import Guard
 from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore
@@ -36,13 +38,17 @@ class Setup:
     def __init__(self, hasher: KeyHasher) -> None:
         self.store = MemoryKeyStore()
         self.hasher = hasher
+        self.usage: UsageOptions | bool = True
         self.tokens = TableIntrospector()
         self.tokens.answers["reader"] = TokenInfo(
             True, client_id="svc", scopes=frozenset({"items:read"}), expires_at=EXPIRES
         )
 
     def authenticators(self) -> list[Any]:
-        return [APIKeyAuth(self.store, hasher=self.hasher), BearerAuth(self.tokens)]
+        return [
+            APIKeyAuth(self.store, hasher=self.hasher, usage=self.usage),
+            BearerAuth(self.tokens),
+        ]
 
     def routes(self, guard: Any) -> APIRouter:
         router = APIRouter()
@@ -187,9 +193,13 @@ async def test_a_router_wide_dependency_and_policies(setup: Setup, make_client: 
 async def test_the_key_use_is_recorded_after_the_response(
     setup: Setup, make_client: MakeClient
 ) -> None:
-    """API key bookkeeping (last use) is written per route too, as a background task."""
+    """API key bookkeeping (usage counts, last use) is written per route too, as a
+    background task, once due."""
     reader = await reader_key(setup)
-    async with make_client(setup.per_route()) as client:
+    setup.usage = UsageOptions(flush_interval=0.001)
+    app = setup.per_route()
+    await anyio.sleep(0.002)  # the first write is due
+    async with make_client(app) as client:
         assert (await client.get("/items", headers={"X-API-Key": reader.key})).status_code == 200
     record = await setup.store.get(reader.record.key_id)
     assert record is not None
@@ -225,3 +235,28 @@ def test_the_middleware_is_apiguards_core(setup: Setup) -> None:
     app = setup.middleware()
     classes: Sequence[object] = [m.cls for m in app.user_middleware]
     assert classes == [AuthMiddleware]
+
+
+@pytest.mark.parametrize("mode", ["per_route", "middleware"])
+async def test_requests_are_counted_per_route_as_by_the_middleware(
+    hasher: KeyHasher, make_client: MakeClient, mode: str
+) -> None:
+    """Per route, the guard counts what the middleware counts: requests let through,
+    a route's own scope refusal (403) included, a missing key (401) not."""
+    setup = Setup(hasher)
+    issued = await reader_key(setup)
+    app = getattr(setup, mode)()
+    async with make_client(app) as client:
+        for _ in range(2):
+            assert (
+                await client.get("/items", headers={"X-API-Key": issued.key})
+            ).status_code == 200
+        assert (await client.post("/items", headers={"X-API-Key": issued.key})).status_code == 403
+        assert (await client.get("/items")).status_code == 401
+    await setup.store.aclose()  # writes what the guard counted
+    day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    found = await setup.store.usage(
+        issued.record.key_id, since=day - timedelta(days=1), until=day + timedelta(days=2),
+        granularity="day",
+    )  # fmt: skip
+    assert sum(bucket.count for bucket in found) == 3

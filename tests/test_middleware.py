@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -26,7 +27,7 @@ from apiguard import (
     CacheOptions,
     ConfigurationError,
 )
-from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore, format_key
+from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore, UsageOptions, format_key
 from apiguard.keys.record import KeyRecord
 from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -286,6 +287,8 @@ async def test_store_failure_fails_closed_with_503(
     }
     assert "db down" not in response.text
     key_store.error = None
+    if isinstance(error, BackendUnavailableError):
+        await anyio.sleep(1.0)  # past the backoff after an outage (0.5-1 s)
     response = await client.get("/", headers={"X-API-Key": issued.key})
     assert response.status_code == 200
 
@@ -816,21 +819,25 @@ async def test_websocket_denial_response_at_the_asgi_level(guard: Any) -> None:
 
 
 async def test_lifespan_passes_through_untouched(guard: Any) -> None:
-    seen: list[tuple[Scope, Receive, Send]] = []
+    """The app gets the lifespan scope, `send` and every message as they are (API keys
+    read `receive` only to flush usage counts at `lifespan.shutdown`)."""
+    seen: list[tuple[Scope, Send, Message]] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append((scope, receive, send))
+        seen.append((scope, send, await receive()))
 
     scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
+    startup = {"type": "lifespan.startup"}
 
     async def receive() -> Message:
-        return {"type": "lifespan.startup"}
+        return startup
 
     async def send(message: Message) -> None:
         pass
 
     await guard(app)(scope, receive, send)
-    assert seen == [(scope, receive, send)]
+    assert seen == [(scope, send, startup)]
+    assert seen[0][2] is startup
     assert scope == {"type": "lifespan", "asgi": {"version": "3.0"}}
 
 
@@ -898,8 +905,8 @@ async def test_works_under_trio(guard: Any, make_client: MakeClient, issued: Iss
 async def test_a_write_lock_on_the_store_does_not_delay_the_answer(
     tmp_path: Any, hasher: KeyHasher
 ) -> None:
-    """Bookkeeping (the key's last use) is written after the response is sent: another
-    process holding SQLite's write lock does not hold up the answer."""
+    """Bookkeeping (usage counts, the key's last use) is written after the response is
+    sent: another process holding SQLite's write lock does not hold up the answer."""
     import sqlite3
     import time
 
@@ -908,7 +915,12 @@ async def test_a_write_lock_on_the_store_does_not_delay_the_answer(
     store = open_store(f"sqlite:///{tmp_path}/keys.db")
     try:
         issued = await KeyManager(store, hasher).create("a")
-        app = APIKeyMiddleware(Starlette(routes=[Route("/", whoami)]), store=store, hasher=hasher)
+        app = APIKeyMiddleware(
+            Starlette(routes=[Route("/", whoami)]),
+            store=store,
+            hasher=hasher,
+            usage=UsageOptions(flush_interval=0.001),  # due at the first request
+        )
         locker = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # a writer elsewhere, e.g. the CLI
         scope: Scope = {

@@ -25,6 +25,7 @@ OPTIONAL: dict[str, str] = {
     "fastapi/_openapi.py": "fastapi",
     "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
+    "keys/_sql_usage.py": "sqlite",
     "ratelimit/_pipeline.py": "ratelimit,redis",
     "ratelimit/failures.py": "ratelimit",
     "ratelimit/policy.py": "ratelimit",

@@ -26,6 +26,7 @@ from apiguard import (
     BearerTokenMiddleware,
     CacheOptions,
     ConfigurationError,
+    UsageOptions,
 )
 from apiguard.keys import KeyHasher, KeyManager, open_store
 from apiguard.keys.verifier import KeyVerifier
@@ -170,6 +171,7 @@ DOCUMENTED: list[tuple[str, set[str]]] = [
     ("APIKeyAuth", keyword_names(APIKeyAuth.__init__)),
     ("BearerAuth", keyword_names(BearerAuth.__init__)),
     ("CacheOptions", {f.name for f in dataclasses.fields(CacheOptions)}),
+    ("UsageOptions", {f.name for f in dataclasses.fields(UsageOptions)}),
     ("TrustedIssuer", {f.name for f in dataclasses.fields(TrustedIssuer) if f.init}),
     ("JWTIntrospector", keyword_names(JWTIntrospector.__init__) - {"issuers"}),
     ("RemoteIntrospector", keyword_names(RemoteIntrospector.__init__)),

@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from apiguard import BackendUnavailableError, ConfigurationError, KeyStateError
 from apiguard.keys import RedisKeyStore, open_store
 from apiguard.keys.record import utcnow
+from apiguard.keys.usage import UsageBatch
 from apiguard.testing import _recorder, make_record
 from tests.servers import RedisServer, free_port
 
@@ -278,3 +279,21 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "apiguard.keys.redis", raising=False)
     with pytest.raises(ConfigurationError, match=r"pip install 'apiguard-asgi\[redis\]'"):
         open_store("redis://127.0.0.1:6379/0")
+
+
+async def test_usage_hashes_expire_with_their_retention(
+    store: RedisKeyStore, raw: redis.Redis
+) -> None:
+    """Hourly counts sit in one hash per key and day, daily counts in one per key and
+    month; each expires when its last bucket leaves the retention (14 and 400 days)."""
+    hour = datetime(2026, 12, 31, 23, tzinfo=timezone.utc)
+    await store.add_usage(UsageBatch(hours={"K" * 12: {hour: 3}}, last_used={}))
+    by_hour, by_day = (
+        "apiguard:usage:KKKKKKKKKKKK:hour:2026-12-31",
+        "apiguard:usage:KKKKKKKKKKKK:day:2026-12",
+    )
+    assert raw.hgetall(by_hour) == {str(int(hour.timestamp())).encode(): b"3"}
+    assert raw.hgetall(by_day) == {str(int(hour.replace(hour=0).timestamp())).encode(): b"3"}
+    new_year = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    assert raw.expiretime(by_hour) == int((new_year + timedelta(days=14)).timestamp())
+    assert raw.expiretime(by_day) == int((new_year + timedelta(days=400)).timestamp())

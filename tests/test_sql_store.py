@@ -18,7 +18,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from apiguard import BackendUnavailableError, ConfigurationError, KeyStateError
 from apiguard.keys import open_store
 from apiguard.keys import sql as sql_module
+from apiguard.keys._sql_usage import usage_metadata
 from apiguard.keys.sql import SQLKeyStore, keys_table, schema_table
+from apiguard.keys.usage import UsageBatch, UsageBucket, bucket_start
 from apiguard.testing import make_record
 from tests.servers import PostgresServer, free_port
 
@@ -40,7 +42,7 @@ async def versions(url: str) -> list[tuple[str, int]]:
     try:
         async with engine.connect() as conn:
             result = await conn.execute(sa.select(schema_table.c.component, schema_table.c.version))
-            return [(row[0], row[1]) for row in result]
+            return sorted((row[0], row[1]) for row in result)
     finally:
         await engine.dispose()
 
@@ -58,10 +60,13 @@ async def run_sql(url: str, action: Callable[[sa.Connection], object]) -> None:
 
 
 async def test_a_new_database_records_the_schema_version(sql_url: str) -> None:
-    """The first use creates both tables and records the version this apiguard makes."""
+    """The first use creates the tables and records the versions this apiguard makes."""
     async with SQLKeyStore.from_url(sql_url) as store:
         assert await store.list() == []
-    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+    assert await versions(sql_url) == [
+        ("keys", sql_module.schema_version()),
+        ("usage", sql_module.schema_version("usage")),
+    ]
 
 
 def version_1_keys_table() -> sa.Table:
@@ -87,7 +92,7 @@ async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> N
     await run_sql(sql_url, lambda conn: conn.execute(sa.insert(v1).values(version_1_row())))
     async with SQLKeyStore.from_url(sql_url) as store:
         assert await store.get("K" * 12) == make_record()
-    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+    assert await versions(sql_url) == [("keys", sql_module.schema_version()), ("usage", 1)]
 
 
 async def test_version_1_is_upgraded_to_hold_rate_limits_and_quotas(sql_url: str) -> None:
@@ -111,7 +116,66 @@ async def test_version_1_is_upgraded_to_hold_rate_limits_and_quotas(sql_url: str
         assert got is not None
         assert (got.rate_limit, got.quota) == ("5/second", "100/day")
     assert sql_module.schema_version() >= 2
-    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+    assert await versions(sql_url) == [("keys", sql_module.schema_version()), ("usage", 1)]
+
+
+async def test_a_database_without_the_usage_table_gets_it_on_open(sql_url: str) -> None:
+    """A database made before request counts (keys version 1 recorded, no usage table)
+    gets the usage table, recorded as its own component, and counts at once."""
+    v1 = version_1_keys_table()
+
+    def make_version_1(conn: sa.Connection) -> None:
+        v1.create(conn)
+        schema_table.create(conn)
+        conn.execute(sa.insert(v1).values(version_1_row()))
+        conn.execute(sa.insert(schema_table).values(component="keys", version=1))
+
+    await run_sql(sql_url, make_version_1)
+    day = bucket_start(datetime.now(timezone.utc) - timedelta(days=2), "day")
+    async with SQLKeyStore.from_url(sql_url) as store:
+        assert await store.get("K" * 12) == make_record()
+        await store.add_usage(UsageBatch(hours={"K" * 12: {day: 2}}, last_used={}))
+        got = await store.usage(
+            "K" * 12, since=day, until=day + timedelta(days=1), granularity="day"
+        )
+    assert got == [UsageBucket(day, 2)]
+    assert await versions(sql_url) == [("keys", sql_module.schema_version()), ("usage", 1)]
+
+
+async def test_a_newer_usage_schema_is_refused(sql_url: str) -> None:
+    """Each component's version is checked: a newer usage table is not written to."""
+    async with SQLKeyStore.from_url(sql_url) as store:
+        await store.list()
+    await run_sql(
+        sql_url,
+        lambda conn: conn.execute(
+            sa.update(schema_table).where(schema_table.c.component == "usage").values(version=7)
+        ),
+    )
+    async with SQLKeyStore.from_url(sql_url) as store:
+        with pytest.raises(ConfigurationError, match=r"usage schema is version 7, newer"):
+            await store.get("K" * 12)
+
+
+def test_schema_version_by_component() -> None:
+    assert sql_module.schema_version("usage") == 1
+    with pytest.raises(ValueError, match="no schema component"):
+        sql_module.schema_version("nope")
+
+
+async def test_expired_usage_is_pruned(sql_url: str) -> None:
+    """`add_usage` deletes buckets past their retention (once an hour per store)."""
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    old, recent = now - timedelta(days=20), now - timedelta(hours=2)
+    async with SQLKeyStore.from_url(sql_url) as store:
+        # Pruned after adding: the old hour goes at once, its day stays.
+        await store.add_usage(UsageBatch(hours={"K" * 12: {old: 1}}, last_used={}))
+        await store.add_usage(UsageBatch(hours={"K" * 12: {recent: 1}}, last_used={}))
+        since = now - timedelta(days=30)
+        hours = await store.usage("K" * 12, since=since, until=now, granularity="hour")
+        days = await store.usage("K" * 12, since=since, until=now, granularity="day")
+    assert hours == [UsageBucket(recent, 1)]  # hourly: 14 days
+    assert [d.count for d in days] == [1, 1]  # daily: 400 days
 
 
 async def test_a_newer_schema_is_refused(sql_url: str) -> None:
@@ -145,7 +209,7 @@ async def test_upgrades_run_once_when_workers_start_together(
         await asyncio.gather(*(s.aclose() for s in stores))
     assert found == [make_record()] * 6
     assert ran == [1]
-    assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+    assert await versions(sql_url) == [("keys", sql_module.schema_version()), ("usage", 1)]
 
 
 async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
@@ -161,8 +225,9 @@ async def test_schema_creation_by_many_workers_at_once(sql_url: str) -> None:
         finally:
             await asyncio.gather(*(s.aclose() for s in stores))
         assert results == [[]] * 8
-        assert await versions(sql_url) == [("keys", sql_module.schema_version())]
+        assert await versions(sql_url) == [("keys", sql_module.schema_version()), ("usage", 1)]
         await run_sql(sql_url, lambda conn: sql_module._metadata.drop_all(conn))
+        await run_sql(sql_url, lambda conn: usage_metadata.drop_all(conn))
 
 
 async def test_times_in_other_zones_come_back_in_utc(sql_url: str) -> None:
@@ -302,13 +367,15 @@ async def test_postgres_paused_lookup_is_cut_off_by_the_deadline_then_recovers(
     """A lookup on a server that stopped answering ends at the verifier's deadline (503),
     long before the driver's own timeouts; once the server answers again, so do we."""
     from apiguard.keys import KeyHasher, KeyManager, KeyVerifier
+    from apiguard.testing import FakeClock
 
     server = make_postgres_server()
     store = SQLKeyStore.from_url(server.url())  # driver timeouts: 10 s connect, 30 s statement
     hasher = KeyHasher("p" * 40)
     try:
         issued = await KeyManager(store, hasher).create("a")
-        verifier = KeyVerifier(store, hasher, deadline=0.5)
+        clock = FakeClock()
+        verifier = KeyVerifier(store, hasher, deadline=0.5, clock=clock)
         server.pause()
         try:
             started = time.monotonic()
@@ -317,6 +384,7 @@ async def test_postgres_paused_lookup_is_cut_off_by_the_deadline_then_recovers(
             assert time.monotonic() - started < 3
         finally:
             server.resume()
+        clock.now += 1.0  # past the backoff that follows a failed lookup (0.5-1 s)
         with anyio.fail_after(10):
             principal, _ = await verifier.verify(issued.key.encode())
         assert principal.key_id == issued.record.key_id

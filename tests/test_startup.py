@@ -272,6 +272,7 @@ def test_an_unreachable_store_is_not_a_configuration_error(tmp_path: Path) -> No
                 await other.add(issued.record)
 
         anyio.run(add)
+        time.sleep(1.0)  # past the backoff after the failed lookup (0.5-1 s)
         assert client.get("/", headers=headers).text == "late"
 
 

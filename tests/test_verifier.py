@@ -5,7 +5,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -28,7 +28,6 @@ class CountingStore(MemoryKeyStore):
         super().__init__()
         self.gets = 0
         self.down = False
-        self.usage_down = False
         self.quiet = False  # changes made as if by another process: no listener is told
         self.gate: anyio.Event | None = None
 
@@ -43,11 +42,6 @@ class CountingStore(MemoryKeyStore):
         if self.gate is not None:
             await self.gate.wait()
         return await super().get(key_id)
-
-    async def record_usage(self, key_id: str, *, at: datetime) -> None:
-        if self.usage_down:
-            raise BackendUnavailableError("store down")
-        await super().record_usage(key_id, at=at)
 
 
 @pytest.fixture
@@ -88,31 +82,6 @@ async def test_warm_cache_skips_the_store(
     clock.now += 31  # the positive TTL has passed
     await verifier.verify(issued.key.encode())
     assert counting.gets == 2
-
-
-async def test_usage_is_recorded_after_the_answer_once_per_cache_fill(
-    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
-) -> None:
-    issued = await KeyManager(counting, hasher).create("a")
-    writes: list[str] = []
-    real_write = counting.record_usage
-
-    async def spy(key_id: str, *, at: datetime) -> None:
-        writes.append(key_id)
-        await real_write(key_id, at=at)
-
-    counting.record_usage = spy  # type: ignore[method-assign]
-    for _ in range(3):
-        await verifier.verify(issued.key.encode())
-    assert writes == []  # nothing written while the request waits
-    pending = [verifier.pending]
-    await verifier.flush()
-    pending.append(verifier.pending)
-    assert pending == [True, False]
-    assert writes == [issued.record.key_id]  # once per cache fill, not per request
-    record = await counting.get(issued.record.key_id)
-    assert record is not None
-    assert record.last_used_at is not None
 
 
 async def test_refusals_are_negative_cached_but_malformed_keys_never_reach_the_store(
@@ -284,13 +253,21 @@ async def test_concurrent_requests_share_one_lookup(
 
 
 async def test_store_outage_raises_and_is_not_cached(
-    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
+    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher, clock: FakeClock
 ) -> None:
-    issued = await KeyManager(counting, hasher).create("a")
+    """An outage is not cached, but the store is not asked again at once (backoff)."""
+    manager = KeyManager(counting, hasher)
+    issued, other = await manager.create("a"), await manager.create("b")
     counting.down = True
     with pytest.raises(BackendUnavailableError):
         await verifier.verify(issued.key.encode())
+    assert counting.gets == 1
     counting.down = False
+    for key in (issued.key, other.key):  # any key: it is the store that is failing
+        with pytest.raises(BackendUnavailableError, match="backing off"):
+            await verifier.verify(key.encode())
+    assert counting.gets == 1
+    clock.now += 1.0  # the first delay is 0.5-1 s
     principal, _ = await verifier.verify(issued.key.encode())
     assert principal.key_id == issued.record.key_id
 
@@ -309,45 +286,11 @@ async def test_keys_verified_before_an_outage_are_served_from_the_cache(
         await verifier.verify(unknown.key.encode())
 
 
-async def test_usage_write_failure_does_not_refuse(
-    verifier: KeyVerifier,
-    counting: CountingStore,
-    hasher: KeyHasher,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    issued = await KeyManager(counting, hasher).create("a")
-    counting.usage_down = True
-    principal, _ = await verifier.verify(issued.key.encode())
-    assert principal.is_authenticated
-    await verifier.flush()  # never raises
-    assert "could not record key usage" in caplog.text
-    assert not verifier.pending  # dropped, not retried forever
-
-
-async def test_a_flush_is_one_pass_however_fast_new_usage_arrives(
-    verifier: KeyVerifier, counting: CountingStore, hasher: KeyHasher
-) -> None:
-    """The request that flushes writes what was pending when it began, then returns."""
-    manager = KeyManager(counting, hasher)
-    first, second = await manager.create("a"), await manager.create("b")
-    await verifier.verify(first.key.encode())
-    real_write = counting.record_usage
-
-    async def write_while_traffic_goes_on(key_id: str, *, at: datetime) -> None:
-        await verifier.verify(second.key.encode())  # new usage arrives meanwhile
-        await real_write(key_id, at=at)
-
-    counting.record_usage = write_while_traffic_goes_on  # type: ignore[method-assign]
-    with anyio.fail_after(2):
-        await verifier.flush()
-    assert verifier.pending  # the newcomer waits for the next flush
-
-
 async def test_a_hanging_store_is_cut_off_by_the_deadline(
-    counting: CountingStore, hasher: KeyHasher
+    counting: CountingStore, hasher: KeyHasher, clock: FakeClock
 ) -> None:
-    """A lookup ends within `deadline` (503), and so does a bookkeeping write."""
-    verifier = KeyVerifier(counting, hasher, deadline=0.2)
+    """A lookup ends within `deadline` (503), and the store is not asked again at once."""
+    verifier = KeyVerifier(counting, hasher, deadline=0.2, clock=clock)
     issued = await KeyManager(counting, hasher).create("a")
     counting.gate = anyio.Event()  # never set: the store hangs
     started = anyio.current_time()
@@ -355,15 +298,10 @@ async def test_a_hanging_store_is_cut_off_by_the_deadline(
         await verifier.verify(issued.key.encode())
     assert anyio.current_time() - started < 2
     counting.gate = None
+    with pytest.raises(BackendUnavailableError, match="backing off"):  # not asked at once
+        await verifier.verify(issued.key.encode())
+    clock.now += 1.0
     await verifier.verify(issued.key.encode())
-
-    async def hang(key_id: str, *, at: datetime) -> None:
-        await anyio.sleep(60)
-
-    counting.record_usage = hang  # type: ignore[method-assign]
-    started = anyio.current_time()
-    await verifier.flush()
-    assert anyio.current_time() - started < 2
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -664,8 +602,9 @@ async def test_stale_if_error_serves_a_grant_past_its_ttl_during_an_outage(
     with pytest.raises(BackendUnavailableError):
         await verifier.verify(key)
     counting.down = False
+    clock.now += 4.0  # past the backoff (the store failed three times in a row)
     await verifier.verify(key)
-    assert counting.gets == 7
+    assert counting.gets == 5  # asked once per backoff delay, not on every request
 
 
 async def test_stale_if_error_is_off_by_default(

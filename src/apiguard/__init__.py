@@ -23,11 +23,12 @@ from apiguard.exceptions import (
     UseDPoPNonce,
 )
 from apiguard.keys.record import KeyRecord
+from apiguard.keys.usage import UsageOptions
 from apiguard.metadata import ProtectedResourceMetadata
 from apiguard.middleware import APIKeyMiddleware, BearerTokenMiddleware
 from apiguard.policies import Policy, ScopeRule, ScopeRules
 from apiguard.principal import ANONYMOUS, CredentialKind, Principal
-from apiguard.types import KeyStore, TokenIntrospector
+from apiguard.types import KeyStore, TokenIntrospector, UsageStore
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,8 @@ __all__ = [
     "ScopeRule",
     "ScopeRules",
     "TokenIntrospector",
+    "UsageOptions",
+    "UsageStore",
     "UseDPoPNonce",
     "__version__",
     "requires_scopes",

@@ -97,6 +97,13 @@ class FailureLimit(Protocol):
         """Count a failed authentication by the request's client."""
 
 
+class Counter(Protocol):
+    """Counts the requests an authenticator's credentials were let through for."""
+
+    def count(self, key_id: str) -> None:
+        """Count one request of `key_id`; no I/O."""
+
+
 class GuardOptions(TypedDict, total=False):
     """The options every apiguard middleware takes besides its credentials."""
 
@@ -237,12 +244,13 @@ class AuthMiddleware:
         self._hide = hide_credentials
         self._policies = tuple(policies)
         self._failures = failed_auth_limit
-        # An authenticator with an optional `bookkeeping` (APIKeyAuth) has writes
-        # that wait until a response is out, so that no answer waits on them.
+        # An authenticator with an optional `bookkeeping` or `usage` (APIKeyAuth) has
+        # writes that wait until a response is out, so that no answer waits on them.
         self._bookkeeping: tuple[Bookkeeping, ...] = tuple(
             keeper
             for each in self._authenticators
-            if (keeper := getattr(each, "bookkeeping", None)) is not None
+            for part in ("bookkeeping", "usage")
+            if (keeper := getattr(each, part, None)) is not None
         )
         schemes = [(a.scheme, a.challenge_params) for a in self._authenticators]
         self._metadata = None
@@ -253,6 +261,12 @@ class AuthMiddleware:
                 (scheme, params if any(n == link[0] for n, _ in params) else (*params, link))
                 for scheme, params in schemes
             ]
+        # `usage.count(identity)` for each request let through with its credential.
+        self._counters: dict[Authenticator, Callable[[str], None]] = {}
+        for each in self._authenticators:
+            counter: Counter | None = getattr(each, "usage", None)
+            if counter is not None:
+                self._counters[each] = counter.count
         self._responder = ErrorResponder(
             schemes=schemes,
             realm=realm,
@@ -266,6 +280,8 @@ class AuthMiddleware:
             await self._setup_failure(self.app, scope, receive, send)
             return
         if scope["type"] not in _GUARDED:  # lifespan and anything else: untouched
+            if scope["type"] == "lifespan" and self._bookkeeping:
+                receive = self._flush_at_shutdown(receive)
             await self.app(scope, receive, send)
             return
         if self._metadata is not None and self._metadata.matches(scope):
@@ -309,6 +325,10 @@ class AuthMiddleware:
             return
 
         scope["user"], scope["auth"] = grant
+        if self._counters and authenticator is not None:
+            count = self._counters.get(authenticator)
+            if count is not None:  # authenticated and let through: a request to count
+                count(grant[0].identity)
         if logger.isEnabledFor(logging.DEBUG):
             principal = grant[0]
             logger.debug(
@@ -332,6 +352,22 @@ class AuthMiddleware:
         for keeper in self._bookkeeping:  # the response is out: nobody waits on this
             if keeper.pending:
                 await keeper.flush()
+
+    def _flush_at_shutdown(self, receive: Receive) -> Receive:
+        """`receive` for the lifespan: pending writes are flushed at shutdown.
+
+        Before the app sees `lifespan.shutdown`, so before its own shutdown code
+        closes the store; the server has finished its requests by then.
+        """
+
+        async def receive_and_flush() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                for keeper in self._bookkeeping:
+                    await keeper.flush()
+            return message
+
+        return receive_and_flush
 
     async def _overridden(self, grant: Grant, scope: Scope, receive: Receive, send: Send) -> None:
         """A request under `apiguard.testing.override_authentication`: its grant instead of

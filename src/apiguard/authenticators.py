@@ -21,6 +21,7 @@ from apiguard.exceptions import ConfigurationError, InvalidDPoPProof, InvalidReq
 from apiguard.keys import open_store
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
+from apiguard.keys.usage import UsageOptions, UsageRecorder
 from apiguard.keys.verifier import KeyVerifier
 from apiguard.principal import Grant
 from apiguard.tokens._http import check_url
@@ -52,15 +53,20 @@ class APIKeyAuth:
         prefixes: Key prefixes accepted.
         cache: Verification cache sizes and lifetimes (`CacheOptions`).
         deadline: Seconds one key lookup may take in all (store read and hash
-            check); past it the request gets 503 with `Retry-After`.
+            check); past it the request gets 503 with `Retry-After`. A write of
+            usage counts gets the same time.
+        usage: Count the requests each key authenticates, per hour and day, and its
+            last use (`UsageOptions`: how often they are written, how many may
+            wait); `False` keeps neither. See docs/usage.md.
 
     Attributes:
         header_names: The headers the key is read from, as configured.
         query_param: The query parameter the key may come in, or `None`.
+        usage: Counts the requests each key authenticated, or `None`.
 
-    Writes that only keep books (a key's last use, a hash migrated to the default
-    scheme) are made after the response is sent, never while a request waits
-    (`bookkeeping.flush()`, called by the middleware).
+    Writes that only keep books (request counts and last use, a hash migrated to the
+    default scheme) are made after the response is sent, never while a request waits
+    (`bookkeeping.flush()` and `usage.flush()`, called by the middleware).
     """
 
     scheme = "ApiKey"
@@ -75,6 +81,7 @@ class APIKeyAuth:
         "extract",
         "header_names",
         "query_param",
+        "usage",
         "verifier",
     )
 
@@ -89,6 +96,7 @@ class APIKeyAuth:
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
         deadline: float = 5.0,
+        usage: UsageOptions | bool = True,
     ) -> None:
         if hasher is not None and pepper is not None:
             raise ConfigurationError("pass either pepper or hasher, not both")
@@ -104,6 +112,11 @@ class APIKeyAuth:
             deadline=deadline,
         )
         self.bookkeeping = self.verifier
+        self.usage: UsageRecorder | None = None
+        """Counts the requests each key authenticated; `None` with `usage=False`."""
+        if usage is not False:
+            options = usage if isinstance(usage, UsageOptions) else None
+            self.usage = UsageRecorder(key_store, options, deadline=deadline)
         self._headers = headers
         self._query_param = query_param
         # As configured, for documents that describe the API (OpenAPI's apiKey scheme).

@@ -1,5 +1,6 @@
-"""`apiguard keys ...` manages API keys from a shell; `apiguard token inspect` and
-`apiguard keys check` explain why a credential is accepted or refused.
+"""`apiguard keys ...` manages API keys from a shell, and shows their request counts
+(`keys usage`); `apiguard token inspect` and `apiguard keys check` explain why a
+credential is accepted or refused.
 
 The store comes from `--store`, else `APIGUARD_STORE`, else `sqlite:///apiguard-keys.db`.
 Commands that hash a secret (create, rotate) need `APIGUARD_PEPPER`, the pepper the
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from apiguard._cache import CacheOptions
+from apiguard._usage_report import SUMMARY_DAYS, DailyUsage, daily_usage, render_chart
 from apiguard.diagnostics import Report, explain_key, explain_token
 from apiguard.exceptions import ApiGuardError, BackendUnavailableError
 from apiguard.keys import KeyManager, MemoryKeyStore, open_store
@@ -184,7 +186,24 @@ def _record_json(record: KeyRecord) -> dict[str, Any]:
     }
 
 
-def _echo_record(record: KeyRecord) -> None:
+def _usage_json(usage: DailyUsage | None) -> dict[str, Any]:
+    if usage is None:  # a store that keeps no request counts
+        return {"requests_today": None, f"requests_{SUMMARY_DAYS}_days": None}
+    return {"requests_today": usage.today, f"requests_{SUMMARY_DAYS}_days": usage.total}
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+async def _with_usage(
+    store: KeyStore, records: list[KeyRecord]
+) -> list[tuple[KeyRecord, DailyUsage | None]]:
+    """Each record with its requests of the last `SUMMARY_DAYS` days: one query a key."""
+    return [(r, await daily_usage(store, r.key_id, SUMMARY_DAYS)) for r in records]
+
+
+def _echo_record(record: KeyRecord, usage: DailyUsage | None = None) -> None:
     for label, value in (
         ("id", record.key_id),
         ("name", record.name),
@@ -199,6 +218,9 @@ def _echo_record(record: KeyRecord) -> None:
         ("quota", record.quota or "-"),
     ):
         click.echo(f"{label + ':':<11}{value}")
+    if usage is not None:
+        click.echo(f"{'requests:':<11}{usage.today:,} today (UTC),"
+                   f" {usage.total:,} in the last {SUMMARY_DAYS} days")  # fmt: skip
 
 
 def _echo_issued(issued: IssuedKey, as_json: bool, note: str = "") -> None:
@@ -306,10 +328,14 @@ def create(
 @click.option("--name", help="Only the keys of this name or owner.")
 @json_option
 def list_(store_url: str, name: str | None, as_json: bool) -> None:
-    """List keys (never their secrets)."""
-    records = _run(store_url, lambda store: store.list(name=name))
+    """List keys (never their secrets), with their requests today and in 30 days (UTC)."""
+
+    async def action(store: KeyStore) -> list[tuple[KeyRecord, DailyUsage | None]]:
+        return await _with_usage(store, await store.list(name=name))
+
+    records = _run(store_url, action)
     if as_json:
-        click.echo(json.dumps([_record_json(r) for r in records]))
+        click.echo(json.dumps([{**_record_json(r), **_usage_json(u)} for r, u in records]))
         return
     rows = [
         (
@@ -319,11 +345,16 @@ def list_(store_url: str, name: str | None, as_json: bool) -> None:
             _when(r.created_at),
             _when(r.expires_at),
             _when(r.last_used_at),
+            _count(None if u is None else u.today),
+            _count(None if u is None else u.total),
             r.status(),
         )
-        for r in records
+        for r, u in records
     ]
-    header = ("ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "STATUS")
+    header = (
+        "ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "TODAY",
+        f"{SUMMARY_DAYS} DAYS", "STATUS",
+    )  # fmt: skip
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo(
@@ -373,25 +404,33 @@ async def _usage(record: KeyRecord, limits_url: str | None) -> dict[str, Any] | 
 )
 @json_option
 def show(store_url: str, key_id: str, limits_url: str | None, as_json: bool) -> None:
-    """Show one key's record, and its quota used this period."""
+    """Show one key's record, its requests today and in 30 days (UTC), and its quota
+    used this period."""
     where = _limits_url(store_url, limits_url)
 
-    async def action(store: KeyStore) -> tuple[KeyRecord, dict[str, Any] | None]:
+    async def action(
+        store: KeyStore,
+    ) -> tuple[KeyRecord, DailyUsage | None, dict[str, Any] | None]:
         record = await KeyManager(store).get(key_id)
-        return record, await _usage(record, where)
+        counts = await daily_usage(store, key_id, SUMMARY_DAYS)
+        return record, counts, await _usage(record, where)
 
-    record, usage = _run(store_url, action)
+    record, counts, quota = _run(store_url, action)
     if as_json:
-        shown = _record_json(record)
+        shown = {**_record_json(record), **_usage_json(counts)}
         if record.quota is not None:
-            shown["quota_usage"] = usage
+            shown["quota_usage"] = quota
         click.echo(json.dumps(shown))
         return
-    _echo_record(record)
-    if usage is not None:
+    _echo_record(record, counts)
+    _echo_quota(record, quota)
+
+
+def _echo_quota(record: KeyRecord, quota: dict[str, Any] | None) -> None:
+    if quota is not None:
         click.echo(
-            f"{'used:':<11}{usage['used']} this period, {usage['remaining']} left;"
-            f" resets {usage['resets_at']}"
+            f"{'used:':<11}{quota['used']} this period, {quota['remaining']} left;"
+            f" resets {quota['resets_at']}"
         )
     elif record.quota is not None:
         click.echo(f"{'used:':<11}unknown: pass --limits with the server's limit storage URL")
@@ -432,6 +471,47 @@ def update(
         click.echo(json.dumps(_record_json(record)))
     else:
         _echo_record(record)
+
+
+MAX_USAGE_DAYS = 400  # the daily counts' default retention
+
+
+@keys.command()
+@store_option
+@click.argument("key_id")
+@click.option(
+    "--days",
+    type=click.IntRange(1, MAX_USAGE_DAYS),
+    default=30,
+    show_default=True,
+    help="How many days, today (UTC) last.",
+)
+@json_option
+def usage(store_url: str, key_id: str, days: int, as_json: bool) -> None:
+    """Show a key's requests per day (UTC) as a chart.
+
+    Counted: requests the key authenticated that the middleware let through,
+    written by each server every 10 s and when it stops.
+    """
+
+    async def action(store: KeyStore) -> tuple[KeyRecord, DailyUsage | None]:
+        record = await KeyManager(store).get(key_id)
+        return record, await daily_usage(store, key_id, days)
+
+    record, counts = _run(store_url, action)
+    if counts is None:
+        raise click.ClickException(
+            f"the store {redact_url(store_url)} keeps no request counts: its class has no"
+            " add_usage/usage methods (apiguard.types.UsageStore)"
+        )
+    if as_json:
+        click.echo(json.dumps({"key_id": record.key_id, "name": record.name, **counts.to_json()}))
+        return
+    click.echo(f"{record.key_id} ({record.name}): {counts.total:,} requests in the last"
+               f" {days} day{'' if days == 1 else 's'} (UTC)")  # fmt: skip
+    click.echo("")
+    for line in render_chart(counts):
+        click.echo(line.rstrip())
 
 
 @keys.command(

@@ -11,6 +11,7 @@ from apiguard._startup import hold_setup_errors
 from apiguard.authenticators import APIKeyAuth, BearerAuth
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
+from apiguard.keys.usage import UsageOptions
 from apiguard.types import ASGIApp, KeyStore, TokenIntrospector
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class APIKeyMiddleware(AuthMiddleware):
     cannot be reached, 503 with `Retry-After`.
 
     Takes the arguments of `APIKeyAuth` (`store`, `pepper`, `hasher`,
-    `header_names`, `query_param`, `prefixes`, `cache`, `deadline`) and the options of
+    `header_names`, `query_param`, `prefixes`, `cache`, `deadline`, `usage`) and the options of
     `AuthMiddleware` (`realm`, `exclude_paths`, `exclude_methods`, `allow_preflight`,
     `optional`, `hide_credentials`, `problem_details`, `retry_after`, `error_response`,
     `policies`).
@@ -53,6 +54,7 @@ class APIKeyMiddleware(AuthMiddleware):
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
         deadline: float = 5.0,
+        usage: UsageOptions | bool = True,
         **options: Unpack[GuardOptions],
     ) -> None:
         self.auth = APIKeyAuth(
@@ -64,6 +66,7 @@ class APIKeyMiddleware(AuthMiddleware):
             prefixes=prefixes,
             cache=cache,
             deadline=deadline,
+            usage=usage,
         )
         super().__init__(app, authenticators=[self.auth], **options)
 

@@ -17,10 +17,14 @@ It needs pytest and the anyio pytest plugin (installed with anyio). It runs on
 the asyncio backend even where trio is installed; override the `anyio_backend`
 fixture in your subclass to choose another. `make_record()` builds records with
 fixed times, so two calls with the same arguments give equal records.
+
+The `test_usage_*` tests check request counts (`apiguard.types.UsageStore`); they
+are skipped, saying so, for a store that keeps none.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
@@ -38,7 +42,8 @@ from apiguard._testkit.issuer import FakeIssuer, make_signing_key, public_jwk
 from apiguard.exceptions import KeyNotFoundError, KeyStateError
 from apiguard.keys.channel import ALL_KEYS
 from apiguard.keys.record import KeyRecord, utcnow
-from apiguard.types import KeyStore
+from apiguard.keys.usage import UsageBatch, UsageBucket, bucket_start
+from apiguard.types import KeyStore, UsageStore
 
 __all__ = [
     "TEST_PEPPER",
@@ -74,6 +79,16 @@ def make_record(key_id: str = "K" * 12, name: str = "alice", **changes: object) 
     }
     fields.update(changes)
     return KeyRecord(**fields)  # type: ignore[arg-type]
+
+
+def _counting(store: KeyStore) -> UsageStore:
+    if not isinstance(store, UsageStore):
+        pytest.skip("the store keeps no request counts (no add_usage/usage: UsageStore)")
+    return store
+
+
+def _batch(key_id: str, hours: dict[datetime, int], used: datetime | None = None) -> UsageBatch:
+    return UsageBatch(hours={key_id: hours}, last_used={} if used is None else {key_id: used})
 
 
 def _recorder(seen: list[str]) -> Callable[[str], None]:
@@ -224,3 +239,77 @@ class KeyStoreContract:
         assert (cleared.rate_limit, cleared.quota) == (None, "10/day")
         with pytest.raises(KeyNotFoundError):
             await update("unknown00000", rate_limit=None, quota=None)
+
+    # --- request counts (UsageStore) ---------------------------------------------
+
+    @pytest.fixture
+    def day(self) -> datetime:
+        """Midnight UTC two days ago: inside any retention, whatever the time now."""
+        return bucket_start(utcnow() - timedelta(days=2), "day")
+
+    async def test_usage_adds_hours_and_days(self, store: KeyStore, day: datetime) -> None:
+        """Counts land in their hour and in that hour's day; batches add up."""
+        counting = _counting(store)
+        hour = timedelta(hours=1)
+        await store.add(make_record())
+        await counting.add_usage(_batch("K" * 12, {day + hour: 3, day + 23 * hour: 4}))
+        await counting.add_usage(_batch("K" * 12, {day + hour: 2, day + 25 * hour: 1}))
+        await counting.add_usage(_batch("N" * 12, {day + hour: 100}))  # another key
+        until = day + timedelta(days=3)
+        assert await counting.usage("K" * 12, since=day, until=until, granularity="hour") == [
+            UsageBucket(day + hour, 5),
+            UsageBucket(day + 23 * hour, 4),
+            UsageBucket(day + 25 * hour, 1),
+        ]
+        assert await counting.usage("K" * 12, since=day, until=until, granularity="day") == [
+            UsageBucket(day, 9),
+            UsageBucket(day + timedelta(days=1), 1),
+        ]
+        got = await counting.usage("K" * 12, since=day, until=until, granularity="day")
+        assert all(b.start.utcoffset() == timedelta(0) for b in got)
+
+    async def test_usage_range_is_half_open(self, store: KeyStore, day: datetime) -> None:
+        """`usage` returns buckets starting in `[since, until)`; a day or month total is
+        one query (what a quota per day or month reads)."""
+        counting = _counting(store)
+        hour = timedelta(hours=1)
+        await counting.add_usage(_batch("K" * 12, {day + n * hour: n + 1 for n in range(30)}))
+        hours = await counting.usage(
+            "K" * 12, since=day + 2 * hour, until=day + 5 * hour, granularity="hour"
+        )
+        assert [b.count for b in hours] == [3, 4, 5]
+        today = await counting.usage(
+            "K" * 12, since=day, until=day + timedelta(days=1), granularity="day"
+        )
+        assert today == [UsageBucket(day, sum(range(1, 25)))]
+        assert (
+            await counting.usage("unknown00000", since=day, until=day + hour, granularity="day")
+            == []
+        )
+        naive = day.replace(tzinfo=None)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await counting.usage("K" * 12, since=naive, until=day, granularity="day")
+        with pytest.raises(ValueError, match="granularity"):
+            await counting.usage("K" * 12, since=day, until=day, granularity="week")  # type: ignore[arg-type]
+
+    async def test_usage_concurrent_batches_add_up(self, store: KeyStore, day: datetime) -> None:
+        """Batches written at once (as by several processes) lose no count."""
+        counting = _counting(store)
+        hour = day + timedelta(hours=3)
+        await asyncio.gather(*(counting.add_usage(_batch("K" * 12, {hour: 1})) for _ in range(20)))
+        got = await counting.usage(
+            "K" * 12, since=day, until=day + timedelta(days=1), granularity="day"
+        )
+        assert got == [UsageBucket(day, 20)]
+
+    async def test_usage_moves_last_used_forward(self, store: KeyStore, day: datetime) -> None:
+        """A batch's last use sets `last_used_at` when later, never earlier."""
+        counting = _counting(store)
+        await store.add(make_record())
+        later = day + timedelta(hours=5, minutes=7)
+        await counting.add_usage(_batch("K" * 12, {day: 1}, used=later))
+        await counting.add_usage(_batch("K" * 12, {}, used=later - timedelta(hours=1)))
+        got = await store.get("K" * 12)
+        assert got is not None
+        assert got.last_used_at == later
+        await counting.add_usage(_batch("unknown00000", {day: 1}, used=later))  # no error

@@ -10,9 +10,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from apiguard.keys.record import KeyRecord
+    from apiguard.keys.usage import Granularity, UsageBatch, UsageBucket
     from apiguard.tokens.info import TokenInfo
 
-__all__ = ["ASGIApp", "KeyStore", "Message", "Receive", "Scope", "Send", "TokenIntrospector"]
+__all__ = [
+    "ASGIApp",
+    "KeyStore",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "TokenIntrospector",
+    "UsageStore",
+]
 
 
 @runtime_checkable
@@ -69,6 +79,30 @@ class KeyStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections held by the store."""
+
+
+@runtime_checkable
+class UsageStore(Protocol):
+    """A key store that also keeps request counts per key, hour and day (UTC).
+
+    Every store that ships with apiguard is one. It is a protocol of its own so
+    that a `KeyStore` written before it still works: with such a store the
+    middleware keeps only `last_used_at` (through `record_usage`), and
+    `apiguard keys usage` says that the store keeps no counts.
+    """
+
+    async def add_usage(self, batch: UsageBatch) -> None:
+        """Add the batch's counts to the hourly and daily buckets; move `last_used_at` on.
+
+        Additions must add up when several processes write at once (an atomic
+        increment, never read-then-write). Buckets past the store's retention
+        may be dropped.
+        """
+
+    async def usage(
+        self, key_id: str, *, since: datetime, until: datetime, granularity: Granularity
+    ) -> list[UsageBucket]:
+        """The non-empty buckets of `key_id` that start in `[since, until)`, oldest first."""
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.load_client import get, pipelined
 from tests.servers import free_port
 
 from .conftest import API, AuthorizationServer
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 ROOT = Path(__file__).parent.parent.parent
 WORKERS = 3
-REQUESTS = 1000
+REQUESTS = 999  # 333 to each worker
 CONNECTIONS = 20  # to each worker: a bounded client; the requests queue for a connection
 STARTUP_TIMEOUT = 60.0
 OPAQUE = f"{API}/opaque"
@@ -90,45 +91,17 @@ async def wait_up(client: httpx.AsyncClient, started: list[Worker]) -> None:
 async def burst(started: list[Worker], token: str) -> Counter[int]:
     """`REQUESTS` requests with `token`, all at once, spread evenly over the workers.
 
-    A small HTTP/1.1 client on raw sockets: `CONNECTIONS` kept-alive connections to
-    each worker share the requests, so that the burst costs the workers' time, not
-    the client's.
+    `CONNECTIONS` kept-alive connections to each worker share the requests
+    (`tests.load_client`), so that the burst costs the workers' time, not the client's.
     """
-    queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in started]
-    for n in range(REQUESTS):
-        queues[n % WORKERS].put_nowait(n)
-    statuses: Counter[int] = Counter()
-
-    async def connection(worker: Worker, queue: asyncio.Queue[int]) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
-        request = (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{worker.port}\r\n"
-            f"Authorization: Bearer {token}\r\n\r\n"
-        ).encode()
-        try:
-            while not queue.empty():
-                queue.get_nowait()
-                writer.write(request)
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                statuses[int(head.split(" ", 2)[1])] += 1
-                length = 0
-                for line in head.split("\r\n")[1:]:
-                    name, _, value = line.partition(":")
-                    if name.lower() == "content-length":
-                        length = int(value)
-                await reader.readexactly(length)
-        finally:
-            writer.close()
-            await writer.wait_closed()
-
-    await asyncio.gather(
+    request = get("/", [("Authorization", f"Bearer {token}")])
+    answers = await asyncio.gather(
         *(
-            connection(worker, queue)
-            for worker, queue in zip(started, queues, strict=True)
-            for _ in range(CONNECTIONS)
+            pipelined(worker.port, [request] * (REQUESTS // WORKERS), connections=CONNECTIONS)
+            for worker in started
         )
     )
-    return statuses
+    return Counter(answer.status for each in answers for answer in each)
 
 
 async def test_three_workers_introspect_a_new_opaque_token_once(

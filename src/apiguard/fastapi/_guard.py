@@ -130,7 +130,8 @@ class Guard:
         self._bookkeeping = tuple(
             keeper
             for each in self._authenticators
-            if (keeper := getattr(each, "bookkeeping", None)) is not None
+            for part in ("bookkeeping", "usage")
+            if (keeper := getattr(each, part, None)) is not None
         )
         self._middleware = False
 
@@ -273,6 +274,11 @@ class Guard:
                 policies=self._policies,
                 failures=self._failures,
             )
+            # Let through, as the middleware counts: before the route's own scope check,
+            # and once a request, however many of its dependencies use the guard.
+            counter = getattr(used, "usage", None)
+            if counter is not None and not isinstance(scope.get("user"), Principal):
+                counter.count(grant[0].identity)
             if required:
                 try:
                     check_scopes(grant[0], required)

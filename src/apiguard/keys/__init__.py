@@ -19,8 +19,15 @@ from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.manager import IssuedKey, KeyManager
 from apiguard.keys.memory import MemoryKeyStore
 from apiguard.keys.record import KeyRecord, KeyStatus
+from apiguard.keys.usage import (
+    UsageBatch,
+    UsageBucket,
+    UsageOptions,
+    UsageRecorder,
+    UsageRetention,
+)
 from apiguard.keys.verifier import KeyVerifier
-from apiguard.types import KeyStore
+from apiguard.types import KeyStore, UsageStore
 
 if TYPE_CHECKING:
     from apiguard.keys.redis import RedisKeyStore
@@ -41,6 +48,12 @@ __all__ = [
     "ParsedKey",
     "RedisKeyStore",
     "SQLKeyStore",
+    "UsageBatch",
+    "UsageBucket",
+    "UsageOptions",
+    "UsageRecorder",
+    "UsageRetention",
+    "UsageStore",
     "format_key",
     "generate_key",
     "open_store",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,7 +38,12 @@ class BaseKeyStore:
 
     def __init__(self, *, channel: InvalidationChannel | None = None) -> None:
         self._listeners: list[Callable[[str], None]] = []
+        self._before_close: list[Callable[[], Awaitable[None]]] = []
         self.channel = channel
+
+    def before_close(self, flush: Callable[[], Awaitable[None]]) -> None:
+        """Have `aclose()` await `flush()` first (pending usage counts, say)."""
+        self._before_close.append(flush)
 
     def add_listener(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call `listener(key_id)` whenever a key is revoked or its expiry changes.
@@ -100,7 +105,13 @@ class BaseKeyStore:
             )
 
     async def aclose(self) -> None:
-        """Release resources held by the store: the base class stops the channel."""
+        """Release resources held by the store.
+
+        The base class first awaits the `before_close` callbacks, then stops the channel.
+        """
+        hooks, self._before_close = self._before_close, []
+        for flush in hooks:
+            await flush()
         if self.channel is not None:
             await self.channel.aclose()
 

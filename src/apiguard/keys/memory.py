@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 
 from apiguard.exceptions import ConfigurationError, KeyNotFoundError, KeyStateError
 from apiguard.keys._url import redact_url
 from apiguard.keys.base import BaseKeyStore
-from apiguard.keys.record import KeyRecord
+from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.keys.usage import (
+    Granularity,
+    UsageBatch,
+    UsageBucket,
+    UsageRetention,
+    check_range,
+    day_totals,
+    in_range,
+)
 
 __all__ = ["MemoryKeyStore"]
 
@@ -17,11 +28,17 @@ class MemoryKeyStore(BaseKeyStore):
     """A key store held in process memory; its keys are gone when the process ends.
 
     URL: `memory://`.
+
+    Args:
+        usage_retention: How long request counts are kept.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, usage_retention: UsageRetention | None = None) -> None:
         super().__init__()
         self._records: dict[str, KeyRecord] = {}
+        self._retention = usage_retention or UsageRetention()
+        # (key id, granularity) -> bucket start -> requests
+        self._usage: dict[tuple[str, Granularity], dict[datetime, int]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryKeyStore:
@@ -84,3 +101,26 @@ class MemoryKeyStore(BaseKeyStore):
         record = self._records.get(key_id)
         if record is not None and (record.last_used_at is None or record.last_used_at < at):
             self._records[key_id] = replace(record, last_used_at=at)
+
+    async def add_usage(self, batch: UsageBatch) -> None:
+        now = utcnow()
+        for key_id, hours in batch.hours.items():
+            self._add(key_id, "hour", hours, now - self._retention.hourly)
+            self._add(key_id, "day", day_totals(hours), now - self._retention.daily)
+        for key_id, at in batch.last_used.items():
+            await self.record_usage(key_id, at=at)
+
+    def _add(
+        self, key_id: str, granularity: Granularity, counts: Mapping[datetime, int], keep: datetime
+    ) -> None:
+        buckets = self._usage.setdefault((key_id, granularity), {})
+        for start, count in counts.items():
+            buckets[start] = buckets.get(start, 0) + count
+        for start in [start for start in buckets if start < keep]:
+            del buckets[start]
+
+    async def usage(
+        self, key_id: str, *, since: datetime, until: datetime, granularity: Granularity
+    ) -> builtins.list[UsageBucket]:
+        check_range(since, until, granularity)
+        return in_range(self._usage.get((key_id, granularity), {}), since, until)

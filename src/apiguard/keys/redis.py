@@ -12,6 +12,15 @@ Under the key prefix (`apiguard:` by default)::
                             rate_limit, quota (absent when None: records written
                             before these fields existed read back without them)
     apiguard:keys           the set of every key id
+    apiguard:usage:<key id>:hour:<YYYY-MM-DD>
+                            requests per hour of that day (UTC): field the hour's start
+                            (seconds since the Unix epoch), value the count
+    apiguard:usage:<key id>:day:<YYYY-MM>
+                            requests per day of that month, the same way
+
+Counts are added with `HINCRBY` in one `MULTI`/`EXEC` per batch, so that processes
+writing at once add up; each usage hash expires (`EXPIREAT`) when its last bucket
+leaves the retention (`UsageRetention`).
 
 Writes that depend on what is stored (a taken key id, an earlier expiry, a later last
 use) are Lua scripts, so each is one atomic step on the server.
@@ -20,6 +29,7 @@ use) are Lua scripts, so each is one atomic step on the server.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +46,15 @@ from apiguard.exceptions import (
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.channel import InvalidationChannel, RedisChannel, channel_from_push, split_push
-from apiguard.keys.record import KeyRecord
+from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.keys.usage import (
+    Granularity,
+    UsageBatch,
+    UsageBucket,
+    UsageRetention,
+    check_range,
+    day_totals,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -166,6 +184,18 @@ def _record(key_id: str, stored: Mapping[Any, Any]) -> KeyRecord:
     )
 
 
+def _day_after(at: datetime) -> datetime:
+    return at.astimezone(timezone.utc).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    ) + timedelta(days=1)
+
+
+def _month_after(at: datetime) -> datetime:
+    at = at.astimezone(timezone.utc)
+    year, month = (at.year + 1, 1) if at.month == 12 else (at.year, at.month + 1)
+    return datetime(year, month, 1, tzinfo=timezone.utc)
+
+
 def redis_client(url: str, what: str, **client_options: Any) -> aioredis.Redis:
     """A client for `url` (`redis://`, `rediss://`, `unix://`), for `what` (in errors).
 
@@ -210,6 +240,7 @@ class RedisKeyStore(BaseKeyStore):
         channel: Pushes key changes to other processes (`apiguard.keys.channel`);
             `from_url()` uses Redis pub/sub on the same server, channel
             `<key_prefix>invalidations`.
+        usage_retention: How long request counts are kept (Redis expires them).
     """
 
     def __init__(
@@ -218,9 +249,11 @@ class RedisKeyStore(BaseKeyStore):
         *,
         key_prefix: str = "apiguard:",
         channel: InvalidationChannel | None = None,
+        usage_retention: UsageRetention | None = None,
         _owns_client: bool = False,
     ) -> None:
         super().__init__(channel=channel)
+        self._retention = usage_retention or UsageRetention()
         self._client = client
         self._owns_client = _owns_client
         self._key_prefix = key_prefix
@@ -347,6 +380,64 @@ class RedisKeyStore(BaseKeyStore):
     async def record_usage(self, key_id: str, *, at: datetime) -> None:
         with self._errors():
             await self._record_usage(keys=[self._key(key_id)], args=[_micros(at)])
+
+    def _usage_key(self, key_id: str, granularity: Granularity, start: datetime) -> tuple[str, int]:
+        """The hash a bucket is in, and when that hash may go (epoch seconds)."""
+        start = start.astimezone(timezone.utc)
+        if granularity == "hour":
+            period, ends = f"{start:%Y-%m-%d}", _day_after(start)
+            keep = self._retention.hourly
+        else:
+            period, ends = f"{start:%Y-%m}", _month_after(start)
+            keep = self._retention.daily
+        return f"{self._key_prefix}usage:{key_id}:{granularity}:{period}", int(
+            (ends + keep).timestamp()
+        )
+
+    async def add_usage(self, batch: UsageBatch) -> None:
+        with self._errors():
+            # MULTI/EXEC: the batch is added whole or not at all, and retried whole.
+            async with self._client.pipeline(transaction=True) as pipe:
+                for key_id, hours in batch.hours.items():
+                    granularity: Granularity
+                    for granularity, counts in (("hour", hours), ("day", day_totals(hours))):
+                        for start, count in counts.items():
+                            key, expires = self._usage_key(key_id, granularity, start)
+                            pipe.hincrby(key, str(int(start.timestamp())), count)
+                            pipe.expireat(key, expires)
+                for key_id, at in batch.last_used.items():
+                    await self._record_usage(
+                        keys=[self._key(key_id)], args=[_micros(at)], client=pipe
+                    )
+                await pipe.execute()
+
+    async def usage(
+        self, key_id: str, *, since: datetime, until: datetime, granularity: Granularity
+    ) -> builtins.list[UsageBucket]:
+        check_range(since, until, granularity)
+        keep = self._retention.hourly if granularity == "hour" else self._retention.daily
+        # Only hashes that can still exist: never more than the retention's worth.
+        start = max(since, utcnow() - keep - timedelta(days=31))
+        periods = []
+        while start < until:
+            key, _ = self._usage_key(key_id, granularity, start)
+            periods.append(key)
+            start = _day_after(start) if granularity == "hour" else _month_after(start)
+        with self._errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in periods:
+                    pipe.hgetall(key)
+                found = await pipe.execute()
+        buckets = {
+            datetime.fromtimestamp(int(field), timezone.utc): int(count)
+            for stored in found
+            for field, count in stored.items()
+        }
+        return [
+            UsageBucket(at, count)
+            for at, count in sorted(buckets.items())
+            if since <= at < until and count
+        ]
 
     async def aclose(self) -> None:
         await super().aclose()

@@ -5,21 +5,23 @@ SQLite through aiosqlite is the embedded default (`sqlite:///keys.db`,
 (`postgresql://user:password@host/db`, `pip install 'apiguard-asgi[postgres]'`). Both run
 the same statements on the same tables.
 
-The schema carries a version, in the table `apiguard_schema`. The first store to use
-a database creates the tables and records the version; a later apiguard whose schema
-differs upgrades the database one version at a time, under a lock, so that several
-workers starting at once neither race nor upgrade twice.
+The schema carries a version per component, in the table `apiguard_schema`: `keys`
+(the keys table) and `usage` (the request counts, `keys/_sql_usage.py`). The first
+store to use a database creates the tables and records the versions; a later apiguard
+whose schema differs upgrades each component one version at a time, under a lock, so
+that several workers starting at once neither race nor upgrade twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -39,7 +41,14 @@ from apiguard.keys.channel import (
     channel_from_push,
     split_push,
 )
-from apiguard.keys.record import KeyRecord
+from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.keys.usage import (
+    Granularity,
+    UsageBatch,
+    UsageBucket,
+    UsageRetention,
+    check_range,
+)
 
 try:
     import sqlalchemy as sa
@@ -50,6 +59,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         "SQLKeyStore needs SQLAlchemy and a driver: pip install 'apiguard-asgi[sqlite]' "
         "for SQLite, 'apiguard-asgi[postgres]' for PostgreSQL"
     ) from exc
+
+from apiguard.keys import _sql_usage
 
 __all__ = ["SQLKeyStore"]
 
@@ -131,37 +142,52 @@ _UPGRADES.append(_add_limits)
 _SCHEMA_LOCK = 0x61706967756172  # "apiguar"
 
 
-def schema_version() -> int:
-    """The schema version this apiguard creates and upgrades databases to."""
-    return 1 + len(_UPGRADES)
+def _components() -> tuple[tuple[str, sa.MetaData, list[Callable[[sa.Connection], None]]], ...]:
+    """Each versioned part of the schema: its name, its tables, its upgrades."""
+    return (
+        ("keys", _metadata, _UPGRADES),
+        ("usage", _sql_usage.usage_metadata, _sql_usage.USAGE_UPGRADES),
+    )
+
+
+def schema_version(component: str = "keys") -> int:
+    """The version of a schema component (`"keys"`, `"usage"`) that this apiguard makes."""
+    for name, _, upgrades in _components():
+        if name == component:
+            return 1 + len(upgrades)
+    raise ValueError(f"no schema component {component!r}")
 
 
 def _prepare_schema(conn: sa.Connection) -> None:
-    """Create the tables, or upgrade them, and record the version; under a lock."""
-    tables = set(sa.inspect(conn).get_table_names())
-    version = None
-    if schema_table.name in tables:
-        version = conn.scalar(
-            sa.select(schema_table.c.version).where(schema_table.c.component == "keys")
-        )
-    if version is None:
-        # A keys table without a recorded version has version 1's layout.
-        version = 1 if keys_table.name in tables else schema_version()
-        _metadata.create_all(conn)
-        conn.execute(sa.insert(schema_table).values(component="keys", version=version))
-    if version > schema_version():
-        raise ConfigurationError(
-            f"the key store's schema is version {version}, newer than this apiguard's "
-            f"({schema_version()}): upgrade apiguard"
-        )
-    for upgrade in _UPGRADES[version - 1 :]:
-        upgrade(conn)
-        version += 1
-        conn.execute(
-            sa.update(schema_table)
-            .where(schema_table.c.component == "keys")
-            .values(version=version)
-        )
+    """Create the tables, or upgrade them, and record the versions; under a lock."""
+    existing = set(sa.inspect(conn).get_table_names())
+    versions: dict[str, int] = {}
+    if schema_table.name in existing:
+        rows = conn.execute(sa.select(schema_table.c.component, schema_table.c.version))
+        versions = {component: version for component, version in rows}
+    for component, metadata, upgrades in _components():
+        latest = 1 + len(upgrades)
+        version = versions.get(component)
+        if version is None:
+            # A component's tables without a recorded version have version 1's layout
+            # (the keys table of an apiguard that recorded no versions).
+            tables = set(metadata.tables) - {schema_table.name}
+            version = 1 if tables & existing else latest
+            metadata.create_all(conn)
+            conn.execute(sa.insert(schema_table).values(component=component, version=version))
+        if version > latest:
+            raise ConfigurationError(
+                f"the key store's {component} schema is version {version}, newer than this"
+                f" apiguard's ({latest}): upgrade apiguard"
+            )
+        for upgrade in upgrades[version - 1 :]:
+            upgrade(conn)
+            version += 1
+            conn.execute(
+                sa.update(schema_table)
+                .where(schema_table.c.component == component)
+                .values(version=version)
+            )
 
 
 def _to_row(record: KeyRecord) -> dict[str, Any]:
@@ -254,6 +280,7 @@ async def _open_sqlite(*args: Any, **kwargs: Any) -> Any:
 
 
 _LOCK_POLL = 0.05  # seconds SQLite itself waits for a lock before we retry
+_PRUNE_INTERVAL = timedelta(hours=1)  # between two deletions of expired counts
 LOCK_TIMEOUT = 10.0  # seconds a SQLite operation waits for another process's lock in all
 
 P = ParamSpec("P")
@@ -302,6 +329,8 @@ class SQLKeyStore(BaseKeyStore):
         channel: Pushes key changes to other processes (`apiguard.keys.channel`). With
             a `PostgresChannel` on the same database, the `NOTIFY` is part of the
             write's transaction: sent on commit, never for a write rolled back.
+        usage_retention: How long request counts are kept; older buckets are
+            deleted by `add_usage`, at most once an hour per store.
     """
 
     def __init__(
@@ -309,9 +338,12 @@ class SQLKeyStore(BaseKeyStore):
         engine: AsyncEngine,
         *,
         channel: InvalidationChannel | None = None,
+        usage_retention: UsageRetention | None = None,
         _owns_engine: bool = False,
     ) -> None:
         super().__init__(channel=channel)
+        self._retention = usage_retention or UsageRetention()
+        self._prune_at: datetime | None = None  # the next deletion of expired counts
         self._notify = (
             channel.notify_channel
             if channel is not None and engine.dialect.name == "postgresql"
@@ -574,6 +606,36 @@ class SQLKeyStore(BaseKeyStore):
                 )
                 .values(last_used_at=at)
             )
+
+    @_retry_while_locked
+    async def add_usage(self, batch: UsageBatch) -> None:
+        now = utcnow()
+        last_used = sorted(batch.last_used.items())
+        async with self._connect() as conn:
+            await _sql_usage.add_counts(conn, batch)
+            if last_used:
+                at = sa.bindparam("b_at", type_=_UTCDateTime)
+                await conn.execute(
+                    sa.update(keys_table)
+                    .where(
+                        keys_table.c.key_id == sa.bindparam("b_key_id"),
+                        sa.or_(keys_table.c.last_used_at.is_(None), keys_table.c.last_used_at < at),
+                    )
+                    .values(last_used_at=at),
+                    [{"b_key_id": key_id, "b_at": when} for key_id, when in last_used],
+                )
+            if self._prune_at is None or now >= self._prune_at:
+                await _sql_usage.prune(conn, self._retention, now)
+        if self._prune_at is None or now >= self._prune_at:
+            self._prune_at = now + _PRUNE_INTERVAL
+
+    @_retry_while_locked
+    async def usage(
+        self, key_id: str, *, since: datetime, until: datetime, granularity: Granularity
+    ) -> builtins.list[UsageBucket]:
+        check_range(since, until, granularity)
+        async with self._connect() as conn:
+            return await _sql_usage.read_buckets(conn, key_id, since, until, granularity)
 
     async def aclose(self) -> None:
         await super().aclose()

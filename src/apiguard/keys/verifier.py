@@ -2,8 +2,9 @@
 
 Checks run cheapest first: cache, then shape and checksum (no I/O), then one store
 lookup and one hash verification, shared by concurrent requests with the same key.
-Bookkeeping writes (last use, hash migration) never delay an answer: they are kept
-in memory and written by `flush()`, which the middleware calls after a response.
+A hash migration never delays an answer: it is kept in memory and written by
+`flush()`, which the middleware calls after a response. Request counts and last-use
+times are kept by `apiguard.keys.usage.UsageRecorder`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection
-from datetime import datetime
 from functools import partial
 from typing import NoReturn
 
 import anyio
 from starlette.authentication import AuthCredentials
 
+from apiguard._backoff import Backoff
 from apiguard._cache import CacheOptions, VerdictCache
 from apiguard.exceptions import (
     ApiGuardError,
@@ -42,8 +43,6 @@ logger = logging.getLogger("apiguard.keys")
 # BLAKE2s costs about half of SHA-256 on a short input, and this runs per request.
 _digest = hashlib.blake2s
 
-MAX_PENDING_WRITES = 10_000  # keys whose last use waits to be written; more are dropped
-
 
 class KeyVerifier:
     """Verifies presented API keys against a store, caching the outcome.
@@ -61,7 +60,10 @@ class KeyVerifier:
             imported key cannot take the whole queue from the other keys.
         deadline: Seconds one lookup may take in all (the store read and the hash
             verification); then the request gets 503. Bookkeeping writes get the
-            same deadline each.
+            same deadline in all. A failed lookup (an outage, or the deadline passed)
+            is not retried for a short, growing, jittered time (0.5-1 s, then up to
+            30 s): requests that need the store get 503 at once meanwhile, so an
+            outage is not amplified; keys in the cache are not affected.
     """
 
     def __init__(
@@ -94,10 +96,9 @@ class KeyVerifier:
         self._slow_total = 0
         self._deadline = deadline
         self._clock = clock
-        self._usage: dict[str, datetime] = {}
+        self._backoff = Backoff(clock=clock)
         self._new_hashes: dict[str, str] = {}
         self._flushing = False
-        self._dropped = 0
         self.pending = False
         """Whether bookkeeping writes wait for `flush()`."""
         store.add_listener(self.invalidate)
@@ -152,19 +153,25 @@ class KeyVerifier:
         except UnicodeDecodeError:
             raise InvalidCredentials(reason="malformed") from None
 
-        try:
-            with anyio.fail_after(self._deadline):
-                record = await self.store.get(parsed.key_id)
-                if record is None:
-                    self._refuse(digest, parsed.key_id, "unknown key", generation)
-                if self._hasher.is_fast(record.secret_hash):
-                    ok, new_hash = self._hasher.verify(parsed.secret, record.secret_hash)
-                else:
+        # One deadline for the lookup and the hash check. The store read runs in the
+        # backoff, which records a read that passes the deadline as a failure, so that
+        # a failing store is not asked again at once.
+        begun = anyio.current_time()
+        record = await self._backoff.call(
+            partial(self.store.get, parsed.key_id), deadline=self._deadline, what="key store"
+        )
+        if record is None:
+            self._refuse(digest, parsed.key_id, "unknown key", generation)
+        if self._hasher.is_fast(record.secret_hash):
+            ok, new_hash = self._hasher.verify(parsed.secret, record.secret_hash)
+        else:
+            try:
+                with anyio.fail_after(self._deadline - (anyio.current_time() - begun)):
                     ok, new_hash = await self._verify_slowly(parsed.secret, record)
-        except TimeoutError:
-            raise BackendUnavailableError(
-                f"key store: no answer within {self._deadline:g} s"
-            ) from None
+            except TimeoutError:
+                raise BackendUnavailableError(
+                    f"key store: no answer within {self._deadline:g} s"
+                ) from None
         if not ok:
             self._refuse(digest, parsed.key_id, "wrong secret", generation)
         wall_now = utcnow()
@@ -183,11 +190,7 @@ class KeyVerifier:
         )
         if new_hash is not None:
             self._new_hashes[record.key_id] = new_hash
-        if len(self._usage) < MAX_PENDING_WRITES or record.key_id in self._usage:
-            self._usage[record.key_id] = wall_now
-        else:
-            self._dropped += 1
-        self.pending = True
+            self.pending = True
         return grant
 
     async def _verify_slowly(self, secret: str, record: KeyRecord) -> tuple[bool, str | None]:
@@ -211,51 +214,38 @@ class KeyVerifier:
                 self._slow_waiting[key_id] -= 1
 
     async def flush(self) -> None:
-        """Write the pending bookkeeping: last-used times and migrated hashes.
+        """Write the pending hash migrations.
 
         Best effort and never raising: one pass over what is pending when it starts,
         bounded in all by `deadline`; a write that fails, or that the deadline cuts
-        off, is logged and dropped. Concurrent calls while one runs return at once.
+        off, is logged and dropped (the key is migrated at its next verification).
+        Concurrent calls while one runs return at once.
         """
         if self._flushing:
             return
         self._flushing = True
         new_hashes, self._new_hashes = self._new_hashes, {}
-        usage, self._usage = self._usage, {}
-        dropped, self._dropped = self._dropped, 0
-        if dropped:
-            logger.warning("last use of %d keys not recorded: too many pending writes", dropped)
-        writes = [
-            (key_id, "migrate key hash", partial(self.store.update_hash, key_id, secret_hash))
-            for key_id, secret_hash in new_hashes.items()
-        ] + [
-            (key_id, "record key usage", partial(self.store.record_usage, key_id, at=at))
-            for key_id, at in usage.items()
-        ]
         done = 0
         try:
             with anyio.move_on_after(self._deadline):
-                for key_id, what, write in writes:
+                for key_id, secret_hash in new_hashes.items():
                     try:
-                        await write()
-                        if new_hashes.get(key_id) and what == "migrate key hash":
-                            logger.info(
-                                "migrated key hash to the default scheme (key_id=%s)", key_id
-                            )
+                        await self.store.update_hash(key_id, secret_hash)
+                        logger.info("migrated key hash to the default scheme (key_id=%s)", key_id)
                     except ApiGuardError:
-                        logger.warning("could not %s (key_id=%s)", what, key_id)
+                        logger.warning("could not migrate key hash (key_id=%s)", key_id)
                     except Exception:
-                        logger.exception("could not %s (key_id=%s)", what, key_id)
+                        logger.exception("could not migrate key hash (key_id=%s)", key_id)
                     done += 1
-            if done < len(writes):
+            if done < len(new_hashes):
                 logger.warning(
                     "key store writes took longer than %g s; %d dropped",
                     self._deadline,
-                    len(writes) - done,
+                    len(new_hashes) - done,
                 )
         finally:
             self._flushing = False
-            self.pending = bool(self._usage or self._new_hashes)
+            self.pending = bool(self._new_hashes)
 
     def _refuse(self, digest: bytes, key_id: str, reason: str, generation: int) -> NoReturn:
         self._verdicts.refuse(digest, reason, generation, tag=key_id)

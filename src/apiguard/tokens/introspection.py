@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
 from typing import Any, Literal, NoReturn
 from urllib.parse import quote_plus
@@ -105,6 +105,7 @@ class RemoteIntrospector:
             rule end to end: a token is accepted, and its grant cached, until `exp`
             + `leeway` and no longer (`TokenVerifier` takes the leeway from here).
         max_token_size: Longer tokens are refused (401) without a call.
+        clock: The monotonic clock the backoff after a failure runs on.
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class RemoteIntrospector:
         deadline: float = 10.0,
         leeway: float = 30,
         max_token_size: int = MAX_TOKEN_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if endpoint is not None:
             check_url(endpoint, "introspection endpoint")
@@ -167,7 +169,7 @@ class RemoteIntrospector:
         self._key_id = key_id
         self._deadline = deadline
         self._max_size = max_token_size
-        self._backoff = Backoff()
+        self._backoff = Backoff(clock=clock)
         self.leeway = leeway
         self._leeway_delta = timedelta(seconds=leeway)
         self._credentials: dict[str, str] = {}
@@ -216,7 +218,12 @@ class RemoteIntrospector:
             form["client_assertion"] = self._assertion(endpoint)
         if self._hint is not None:
             form["token_type_hint"] = self._hint
-        return await self._post(endpoint, form)
+        answer = await self._post(endpoint, form)
+        if not isinstance(answer.get("active"), bool):
+            # RFC 7662 §2.2: "active" is REQUIRED and boolean. Checked here, inside the
+            # backoff, so that a server answering this way is not asked on every request.
+            raise BackendUnavailableError("introspection answer without a boolean 'active'")
+        return answer
 
     def _assertion(self, endpoint: str) -> str:
         # RFC 7523 §3: iss and sub are the client id; a unique jti and a short exp.
@@ -303,11 +310,7 @@ class RemoteIntrospector:
         raise BackendUnavailableError(f"introspection refused: HTTP {status}")
 
     def _check(self, answer: Mapping[str, Any]) -> TokenInfo:
-        active = answer.get("active")
-        if not isinstance(active, bool):
-            # RFC 7662 §2.2: "active" is REQUIRED and boolean.
-            raise BackendUnavailableError("introspection answer without a boolean 'active'")
-        if not active:
+        if not answer["active"]:  # a boolean: checked by `_ask`
             return _INACTIVE
         info = TokenInfo.from_claims(answer, scope_claims=self._scope_claims)
         token_type = answer.get("token_type")

@@ -1,0 +1,159 @@
+"""Event-loop lag and CPU per request of one uvicorn worker under pipelined load,
+bare and behind apiguard, in the same run.
+
+    .venv/bin/python -m benchmarks.bench_loop_lag [--requests 10000] [--rounds 3]
+        [--rate 200] [--paced-requests 1000]
+
+The server is tests/load_app.py (the app of tests/test_load.py): API keys from a
+SQLite store, JWTs against a loopback JWKS and opaque tokens against a loopback
+introspection endpoint (tests/fault_server.py, in this process), or, with
+`APIGUARD_LOAD_BARE`, the same app without apiguard. Each round sends `--requests`
+requests over 500 connections, 20 pipelined on each (10,000 in flight at the start),
+carrying credentials whose verifications are cached (the steady state: the warm-up
+sends each once). The server's ticker task sleeps 5 ms at a time and records how
+late it wakes: that lag is everything the loop did meanwhile (uvicorn's parsing,
+Starlette, apiguard), so the difference between the variants is apiguard's share.
+CPU time is read from /proc for the server process.
+
+A saturated loop's lag measures its queue (every ready connection's work runs
+between two ticks), not any one step; the paced rounds (`--rate` requests a second,
+spread evenly over 50 connections, one at a time on each) leave the loop idle
+between requests, so their lag shows how long single steps hold it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import httpx
+from tests.fault_server import faulty_server
+from tests.load_client import get, pipelined, start_load_app
+from tests.token_support import AUDIENCE, mint
+
+from apiguard.keys import KeyHasher, KeyManager, open_store
+
+PEPPER = "benchmark-pepper-0123456789abcdefghijklmnop"
+TICKS = os.sysconf("SC_CLK_TCK")
+PACED_CONNECTIONS = 50
+
+
+async def paced(port: int, requests: list[bytes], rate: float) -> list[int]:
+    """Send `requests` at `rate` a second in all, over `PACED_CONNECTIONS` connections."""
+    statuses: list[int] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.1
+    interval = PACED_CONNECTIONS / rate
+
+    async def connection(offset: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for n, request in enumerate(requests[offset::PACED_CONNECTIONS]):
+                delay = start + offset / rate + n * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                writer.write(request)
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                statuses.append(int(head.split(" ", 2)[1]))
+                length = next(
+                    int(line.split(":", 1)[1])
+                    for line in head.split("\r\n")
+                    if line.lower().startswith("content-length:")
+                )
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    await asyncio.gather(*(connection(n) for n in range(PACED_CONNECTIONS)))
+    return statuses
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+async def main(requests: int, rounds: int, rate: float, paced_requests: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, faulty_server() as issuer:
+        store_url = f"sqlite:///{tmp}/keys.db"
+        store = open_store(store_url)
+        manager = KeyManager(store, KeyHasher(PEPPER))
+        keys = [(await manager.create(f"k{n}")).key for n in range(50)]
+        await store.aclose()
+        opaque = [f"opaque-token-{n:04d}" for n in range(50)]
+        for token in opaque:
+            issuer.active[token] = {"active": True, "sub": token, "aud": AUDIENCE}
+        jwts = [mint(iss=issuer.issuer, jti=str(n)) for n in range(100)]
+        headers = [("X-API-Key", k) for k in keys] + [
+            ("Authorization", f"Bearer {t}") for t in opaque + jwts
+        ]
+        warm = [get("/", [h]) for h in headers]
+        load = [warm[n % len(warm)] for n in range(requests)]
+        gentle = [warm[n % len(warm)] for n in range(paced_requests)]
+        results: dict[str, list[dict[str, float]]] = {
+            "bare": [],
+            "apiguard": [],
+            "bare, paced": [],
+            "apiguard, paced": [],
+        }
+        for _ in range(rounds):
+            for variant in results:
+                env = {
+                    "APIGUARD_LOAD_STORE": store_url,
+                    "APIGUARD_LOAD_ISSUER": issuer.issuer,
+                    "APIGUARD_LOAD_AUDIENCE": AUDIENCE,
+                    "APIGUARD_LOAD_PEPPER": PEPPER,
+                    "APIGUARD_LOAD_MAX_SIZE": "10000",
+                    "APIGUARD_LOAD_TOKEN_TTL": "300",
+                }
+                if variant.startswith("bare"):
+                    env["APIGUARD_LOAD_BARE"] = "1"
+                count = paced_requests if variant.endswith("paced") else requests
+                server = start_load_app(env, Path(tmp) / f"{variant}.log")
+                try:
+                    async with httpx.AsyncClient(timeout=120) as client:
+                        await server.wait_up(client)
+                        await pipelined(server.port, warm, connections=50)
+                        await client.get(f"http://127.0.0.1:{server.port}/stats/reset")
+                        cpu = cpu_seconds(server.process.pid)
+                        if variant.endswith("paced"):
+                            statuses = await paced(server.port, gentle, rate)
+                        else:
+                            answers = await pipelined(server.port, load, connections=500, depth=20)
+                            statuses = [a.status for a in answers]
+                        cpu = cpu_seconds(server.process.pid) - cpu
+                        stats = (await client.get(f"http://127.0.0.1:{server.port}/stats")).json()
+                finally:
+                    server.stop()
+                assert statuses == [200] * count, "a request was refused"
+                results[variant].append(
+                    {
+                        "p50": stats["lag_p50_ms"],
+                        "p99": stats["lag_p99_ms"],
+                        "max": stats["lag_max_ms"],
+                        "cpu_us": 1e6 * cpu / count,
+                    }
+                )
+    print(f"{requests} requests a round, {rounds} rounds; medians of the rounds")
+    print("| variant | lag p50 (ms) | lag p99 (ms) | lag max (ms) | server CPU per request (µs) |")
+    print("|---|---:|---:|---:|---:|")
+    for variant, rows in results.items():
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(
+            f"| {variant} | {med['p50']:.2f} | {med['p99']:.2f} | {med['max']:.2f} | {med['cpu_us']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--paced-requests", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.rounds, args.rate, args.paced_requests))
