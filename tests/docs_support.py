@@ -33,7 +33,8 @@ class Block:
 
 
 def expand_snippets(text: str) -> str:
-    """The page as the site shows it: `--8<-- "path"` lines replaced by the file."""
+    """The page as the site shows it: `--8<-- "path"` lines replaced by the file
+    (as scripts/docs_hooks.py does for the site)."""
     return SNIPPET.sub(lambda match: (ROOT / match[1]).read_text(), text)
 
 
