@@ -8,6 +8,8 @@ pytest.register_assert_rewrite("apiguard.testing")
 # apiguard's own fixtures, as its users get them (docs/testing.md).
 pytest_plugins = ["apiguard.pytest_plugin"]
 
+import logging  # noqa: E402
+import re  # noqa: E402
 from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -19,6 +21,62 @@ from apiguard.types import ASGIApp, KeyStore  # noqa: E402
 from tests.servers import PostgresCluster, PostgresServer, RedisServer  # noqa: E402
 
 PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+# --- every auth event of the suite, scanned for credentials ----------------------
+
+# An API key (`<prefix>_<12-character key id>_<secret>`), a JWT or other compact
+# JWS, and the suite's pepper: none may appear in any event field or message.
+SECRET_SHAPES = re.compile(
+    r"[A-Za-z0-9]+_[0-9A-Za-z]{12}_[0-9A-Za-z]{8,}"
+    r"|eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\." + "|" + re.escape(PEPPER)
+)
+_ALL_LEVELS = 1  # below DEBUG: set by the fixture below, told apart from a test's own level
+
+
+class _EventCollector(logging.Filter):
+    """Keeps every record with auth event fields; lets through only what the level would."""
+
+    def __init__(self, logger: logging.Logger, saved: int) -> None:
+        super().__init__()
+        self.logger = logger
+        self.saved = saved
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = {k: v for k, v in vars(record).items() if k.startswith("apiguard_")}
+        if fields:
+            self.events.append((record.getMessage(), fields))
+        level = self.logger.level
+        if level == _ALL_LEVELS:  # as without this fixture
+            level = self.saved or (self.logger.parent or logging.root).getEffectiveLevel()
+        return record.levelno >= level
+
+
+@pytest.fixture(autouse=True)
+def scan_auth_events() -> Iterator[list[tuple[str, dict[str, object]]]]:
+    """Build, collect and scan the auth event of every decision any test makes.
+
+    The `apiguard.middleware` logger is enabled for every level, so that each
+    decision makes its event; records are passed on only at the level they would
+    have been without this fixture. After the test, no event may hold a key, a
+    token or the pepper.
+    """
+    logger = logging.getLogger("apiguard.middleware")
+    saved = logger.level
+    collector = _EventCollector(logger, saved)
+    logger.setLevel(_ALL_LEVELS)
+    logger.addFilter(collector)
+    try:
+        yield collector.events
+    finally:
+        logger.removeFilter(collector)
+        if logger.level == _ALL_LEVELS:
+            logger.setLevel(saved)
+    for message, fields in collector.events:
+        text = repr((message, fields))
+        leak = SECRET_SHAPES.search(text)
+        assert leak is None, f"a credential in an auth event: {text}"
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 from starlette.applications import Starlette
@@ -573,3 +575,42 @@ def test_show_says_where_quota_use_is_counted(tmp_path: Path) -> None:
     assert "used:      unknown: pass --limits" in text
     counted = runner.invoke(main, ["keys", "show", key_id, "--limits", "memory://"], env=env).output
     assert "used:      0 this period, 10 left" in counted
+
+
+@pytest.mark.redis
+def test_usage_shows_the_quota_used_this_period(redis_url: str) -> None:
+    """`keys usage` tells the quota used and left, from the counters the server's
+    `Quotas` policy keeps in the key store's Redis, beside the request counts."""
+    from apiguard.ratelimit import Quotas
+
+    env = {"APIGUARD_STORE": redis_url, "APIGUARD_PEPPER": PEPPER}
+    runner = CliRunner()
+    created = runner.invoke(
+        main, ["keys", "create", "--name", "plan", "--quota", "5/day", "--json"], env=env
+    )
+    record = json.loads(created.output)
+
+    async def serve_three_requests() -> list[int]:
+        store, quotas = open_store(redis_url), Quotas(storage=redis_url)
+        app = APIKeyMiddleware(
+            Starlette(routes=[Route("/", hello)]), store=store, pepper=PEPPER, policies=[quotas]
+        )
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+            ) as client:
+                headers = {"X-API-Key": record["key"]}
+                return [(await client.get("/", headers=headers)).status_code for _ in range(3)]
+        finally:
+            await quotas.aclose()
+            await store.aclose()
+
+    assert asyncio.run(serve_three_requests()) == [200, 200, 200]
+    shown = runner.invoke(main, ["keys", "usage", record["key_id"], "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    usage = json.loads(shown.output)
+    assert usage["quota"] == "5/day"
+    assert (usage["quota_usage"]["used"], usage["quota_usage"]["remaining"]) == (3, 2)
+    text = runner.invoke(main, ["keys", "usage", record["key_id"]], env=env).output
+    assert "quota:     5/day" in text
+    assert "used:      3 this period, 2 left; resets" in text

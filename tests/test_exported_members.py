@@ -20,6 +20,7 @@ def test_public_api_is_pinned() -> None:
         "APIKeyMiddleware",
         "ApiGuardError",
         "AuthError",
+        "AuthEvent",
         "AuthMiddleware",
         "BackendUnavailableError",
         "BearerAuth",
@@ -167,3 +168,19 @@ def test_diagnostics_api_is_pinned() -> None:
     import apiguard.diagnostics
 
     assert apiguard.diagnostics.__all__ == ["Check", "Report", "explain_key", "explain_token"]
+
+
+def test_observability_api_is_pinned() -> None:
+    import apiguard.events
+    import apiguard.otel
+    import apiguard.prometheus
+
+    assert apiguard.events.__all__ == [
+        "BACKENDS",
+        "REFUSAL_REASONS",
+        "AuthEvent",
+        "EventHook",
+        "reason_label",
+    ]
+    assert apiguard.prometheus.__all__ == ["DEFAULT_BUCKETS", "PrometheusMetrics"]
+    assert apiguard.otel.__all__ == ["OpenTelemetryTracing"]

@@ -411,3 +411,41 @@ def test_an_excluded_path_with_a_route_check_documents_only_that(hasher: KeyHash
     assert operation["security"] == [{"APIKey": ["reports"]}]
     with TestClient(app) as client:
         assert client.get("/public/report").status_code == 401  # anonymous: 401
+
+
+async def test_rate_limits_are_documented_as_the_429_they_send(
+    hasher: KeyHasher, make_client: MakeClient
+) -> None:
+    """With `RateLimits` (or a failed-authentication limit) each guarded operation
+    documents 429 (RFC 6585 §4) with `Retry-After` and the RateLimit fields, and the
+    429 sent has the documented body and headers."""
+    from apiguard.ratelimit import FailedAuthLimit, RateLimits
+
+    limited = [ScopeRules([ScopeRule("/admin/*", "admin")]), RateLimits("2/minute")]
+    app, store, _ = build(hasher, policies=limited)
+    doc = document(app)
+    too_many = doc["paths"]["/me"]["get"]["responses"]["429"]
+    assert set(too_many["headers"]) == {
+        "Retry-After",
+        "Cache-Control",
+        "RateLimit-Policy",
+        "RateLimit",
+    }
+    assert too_many["content"]["application/json"]["example"] == {
+        "error": "rate_limited",
+        "error_description": "Too many requests; retry later.",
+    }
+    assert "429" not in doc["paths"]["/health"]["get"]["responses"]
+    assert "429" not in document(build(hasher)[0])["paths"]["/me"]["get"]["responses"]
+    failures = build(hasher, failed_auth_limit=FailedAuthLimit("5/minute"))[0]
+    assert "429" in document(failures)["paths"]["/me"]["get"]["responses"]
+
+    reader = await KeyManager(store, hasher).create("reader", scopes=["items:read"])
+    async with make_client(app) as client:
+        answers = [await client.get("/me", headers={"X-API-Key": reader.key}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    refused = answers[-1]
+    schema = doc["components"]["schemas"]["ApiGuardError"]
+    assert set(refused.json()) <= set(schema["properties"])
+    assert refused.json()["error"] == "rate_limited"
+    assert {"retry-after", "cache-control", "ratelimit-policy", "ratelimit"} <= set(refused.headers)

@@ -42,6 +42,16 @@ def main() -> None:
         check("apiguard-asgi[fastapi]" in str(exc), "apiguard.fastapi names its extra")
     else:
         check(False, "FastAPI is not installed without its extra")
+    from apiguard.otel import OpenTelemetryTracing
+    from apiguard.prometheus import PrometheusMetrics
+
+    for make, extra in ((PrometheusMetrics, "prometheus"), (OpenTelemetryTracing, "otel")):
+        try:
+            make()
+        except ConfigurationError as exc:
+            check(f"apiguard-asgi[{extra}]" in str(exc), f"{make.__name__} names its extra")
+        else:
+            check(False, f"{make.__name__} works without its extra")
 
     apiguard_cli = Path(sys.executable).parent / "apiguard"
     shown = subprocess.run([apiguard_cli, "--help"], capture_output=True, text=True, check=True)

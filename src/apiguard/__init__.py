@@ -6,6 +6,7 @@ from apiguard._cache import CacheOptions
 from apiguard._core import AuthMiddleware
 from apiguard.authenticators import APIKeyAuth, BearerAuth, DPoPAuth
 from apiguard.decorators import requires_scopes
+from apiguard.events import AuthEvent
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -38,6 +39,7 @@ __all__ = [
     "APIKeyMiddleware",
     "ApiGuardError",
     "AuthError",
+    "AuthEvent",
     "AuthMiddleware",
     "BackendUnavailableError",
     "BearerAuth",

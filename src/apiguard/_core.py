@@ -17,7 +17,9 @@ from starlette.middleware.cors import CORSMiddleware
 
 from apiguard import _override
 from apiguard._challenge import ErrorResponder, ErrorResponseHook
+from apiguard._observe import NO_OBSERVER, MetricsSink, Observer, Trace, TracingSink
 from apiguard._startup import SetupFailure, hold_setup_errors
+from apiguard.events import EventHook
 from apiguard.exceptions import (
     ApiGuardError,
     AuthError,
@@ -119,6 +121,9 @@ class GuardOptions(TypedDict, total=False):
     policies: Sequence[Policy]
     failed_auth_limit: FailureLimit | None
     protected_resource: ProtectedResourceMetadata | None
+    on_event: EventHook | None
+    metrics: MetricsSink | None
+    tracing: TracingSink | None
 
 
 class AuthMiddleware:
@@ -182,6 +187,14 @@ class AuthMiddleware:
             (`ProtectedResourceMetadata`) at its well-known path, without
             credentials, and name its URL in every challenge (`resource_metadata`,
             RFC 9728 §5.1).
+        on_event: `hook(event)` for each decision (an `apiguard.events.AuthEvent`):
+            a coroutine function, run on the event loop, or a plain function, run
+            in a worker thread; either way after the decision, never holding up
+            the response, and its exceptions are logged (docs/observability.md).
+        metrics: An `apiguard.prometheus.PrometheusMetrics` to count decisions,
+            cache hits, backend calls and invalidations in.
+        tracing: An `apiguard.otel.OpenTelemetryTracing`: a span per decision,
+            with a child span per backend call.
 
     Raises:
         ConfigurationError: The options are wrong. When the middleware is made inside
@@ -211,6 +224,9 @@ class AuthMiddleware:
         policies: Sequence[Policy] = (),
         failed_auth_limit: FailureLimit | None = None,
         protected_resource: ProtectedResourceMetadata | None = None,
+        on_event: EventHook | None = None,
+        metrics: MetricsSink | None = None,
+        tracing: TracingSink | None = None,
     ) -> None:
         if not authenticators:
             raise ConfigurationError("at least one authenticator is required")
@@ -252,6 +268,7 @@ class AuthMiddleware:
             for part in ("bookkeeping", "usage")
             if (keeper := getattr(each, part, None)) is not None
         )
+        self._observer = observer(self._authenticators, on_event, metrics, tracing, app)
         schemes = [(a.scheme, a.challenge_params) for a in self._authenticators]
         self._metadata = None
         if protected_resource is not None:
@@ -310,6 +327,11 @@ class AuthMiddleware:
             await self._overridden(overridden, scope, receive, send)
             return
 
+        # Observed: a sink is set, or refusals are logged. Otherwise nothing is built.
+        observer = self._observer
+        trace = (
+            observer.trace(scope) if observer.active or logger.isEnabledFor(logging.INFO) else None
+        )
         added: list[tuple[bytes, bytes]] = []
         try:
             grant, authenticator = await identify(
@@ -319,9 +341,10 @@ class AuthMiddleware:
                 policies=self._policies,
                 failures=self._failures,
                 fields=added,
+                trace=trace,
             )
         except Refused as refused:
-            await self._refuse(refused.error, refused.authenticator, scope, receive, send)
+            await self._refuse(refused.error, refused.authenticator, scope, receive, send, trace)
             return
 
         scope["user"], scope["auth"] = grant
@@ -329,14 +352,8 @@ class AuthMiddleware:
             count = self._counters.get(authenticator)
             if count is not None:  # authenticated and let through: a request to count
                 count(grant[0].identity)
-        if logger.isEnabledFor(logging.DEBUG):
-            principal = grant[0]
-            logger.debug(
-                "allowed kind=%s id=%s path=%s",
-                principal.kind,
-                _loggable(principal.identity),
-                _loggable(scope["path"]),
-            )
+        if trace is not None:
+            observer.allowed(trace, scope, grant[0])
         if self._hide and authenticator is not None:
             authenticator.strip(scope)
         if added and scope["type"] == "http":
@@ -401,8 +418,9 @@ class AuthMiddleware:
         scope: Scope,
         receive: Receive,
         send: Send,
+        trace: Trace | None = None,
     ) -> None:
-        exc = log_refusal(exc, scope)
+        exc = self._observer.refused(exc, scope, authenticator.scheme, trace)
         await self._responder.deny(exc, authenticator.scheme, scope, receive, send)
         for keeper in self._bookkeeping:
             if keeper.pending:
@@ -426,6 +444,7 @@ async def identify(
     policies: Sequence[Policy],
     failures: FailureLimit | None = None,
     fields: list[tuple[bytes, bytes]] | None = None,
+    trace: Trace | None = None,
 ) -> tuple[Grant, Authenticator | None]:
     """Find the request's one credential, check it and run the policies.
 
@@ -433,6 +452,9 @@ async def identify(
     With `failures`, a credential is checked only while its client has not failed
     too often, and a 401 for a bad credential is counted. Response header fields
     the policies return are appended to `fields`, if given.
+
+    `trace`, when given, collects what the decision costs (cache verdict, backend
+    calls) for its `AuthEvent`.
 
     Returns:
         The grant, and the authenticator whose credential was used (`None` for the
@@ -443,6 +465,20 @@ async def identify(
             challenge names; an unexpected exception becomes a 503 (fail closed).
     """
     # The scheme that was tried carries the error challenge (RFC 6750 §3).
+    if trace is not None:
+        with trace:
+            return await _identify(authenticators, scope, optional, policies, failures, fields)
+    return await _identify(authenticators, scope, optional, policies, failures, fields)
+
+
+async def _identify(
+    authenticators: Sequence[Authenticator],
+    scope: Scope,
+    optional: bool,
+    policies: Sequence[Policy],
+    failures: FailureLimit | None,
+    fields: list[tuple[bytes, bytes]] | None,
+) -> tuple[Grant, Authenticator | None]:
     authenticator: Authenticator | None = None
     attempted = authenticators[0]
     try:
@@ -464,10 +500,17 @@ async def identify(
             confirm: Confirm | None = getattr(authenticator, "confirm", None)
             if confirm is not None:  # per request, after a possibly cached verdict
                 await confirm(grant, credential, scope)
-        for policy in policies:
-            added = await policy.check(grant[0], scope)
-            if added and fields is not None:
-                fields.extend(added)
+        principal = grant[0]
+        try:
+            for policy in policies:
+                added = await policy.check(principal, scope)
+                if added and fields is not None:
+                    fields.extend(added)
+        except AuthError as exc:
+            # A policy refused an authenticated caller: name the credential in the log.
+            if exc.credential_id is None:
+                exc.credential_id = principal.key_id or principal.client_id or principal.subject
+            raise
     except ApiGuardError as exc:
         if (
             failures is not None
@@ -485,30 +528,33 @@ async def identify(
     return grant, authenticator
 
 
-def log_refusal(exc: ApiGuardError, scope: Scope) -> ApiGuardError:
-    """Log a refusal; return the error to answer (a configuration error is a 503)."""
-    if isinstance(exc, AuthError):
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "refused status=%d reason=%s id=%s path=%s",
-                exc.status_code,
-                _loggable(exc.reason),
-                _loggable(exc.credential_id or "-"),
-                _loggable(scope["path"]),
-            )
-    elif isinstance(exc, BackendUnavailableError):
-        logger.error("refused status=503 reason=backend unavailable (%s)", _loggable(exc))
-    else:
-        logger.error("refused status=503 reason=configuration error (%s)", _loggable(exc))
-        exc = BackendUnavailableError(str(exc))
-    return exc
+def log_refusal(
+    exc: ApiGuardError,
+    scope: Scope,
+    *,
+    scheme: str | None = None,
+    trace: Trace | None = None,
+    observer: Observer = NO_OBSERVER,
+) -> ApiGuardError:
+    """Log a refusal and report its event; return the error to answer.
+
+    A configuration error is answered as a 503. `scheme` is the challenge scheme
+    of the credential refused (its kind in the event).
+    """
+    return observer.refused(exc, scope, scheme, trace)
 
 
-def _loggable(value: object) -> str:
-    # Request data (a path with a decoded %0A, a token's subject) must not start a new
-    # log record: line breaks and other unprintable characters are backslash-escaped.
-    text = str(value)
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+def observer(
+    authenticators: Sequence[Authenticator],
+    on_event: EventHook | None,
+    metrics: MetricsSink | None,
+    tracing: TracingSink | None,
+    app: object = None,
+) -> Observer:
+    """The `Observer` for a middleware's (or a `Guard`'s) observability options."""
+    if metrics is not None:
+        metrics.watch(tuple(authenticators))
+    return Observer(on_event=on_event, metrics=metrics, tracing=tracing, app=app)
 
 
 async def _count_failure(failures: FailureLimit, scope: Scope) -> None:

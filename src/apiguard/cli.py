@@ -373,7 +373,7 @@ def _limits_url(store_url: str, limits_url: str | None) -> str | None:
     return None
 
 
-async def _usage(record: KeyRecord, limits_url: str | None) -> dict[str, Any] | None:
+async def _quota_usage(record: KeyRecord, limits_url: str | None) -> dict[str, Any] | None:
     if record.quota is None or limits_url is None:
         return None
     from apiguard.ratelimit import Quotas
@@ -392,16 +392,19 @@ async def _usage(record: KeyRecord, limits_url: str | None) -> dict[str, Any] | 
     }
 
 
-@keys.command()
-@store_option
-@click.argument("key_id")
-@click.option(
+limits_option = click.option(
     "--limits",
     "limits_url",
     envvar=LIMITS_ENV,
     help=f"Where the server counts quotas (or set {LIMITS_ENV}); a Redis key store's"
     " own server by default.",
 )
+
+
+@keys.command()
+@store_option
+@click.argument("key_id")
+@limits_option
 @json_option
 def show(store_url: str, key_id: str, limits_url: str | None, as_json: bool) -> None:
     """Show one key's record, its requests today and in 30 days (UTC), and its quota
@@ -413,7 +416,7 @@ def show(store_url: str, key_id: str, limits_url: str | None, as_json: bool) -> 
     ) -> tuple[KeyRecord, DailyUsage | None, dict[str, Any] | None]:
         record = await KeyManager(store).get(key_id)
         counts = await daily_usage(store, key_id, SUMMARY_DAYS)
-        return record, counts, await _usage(record, where)
+        return record, counts, await _quota_usage(record, where)
 
     record, counts, quota = _run(store_url, action)
     if as_json:
@@ -486,29 +489,41 @@ MAX_USAGE_DAYS = 400  # the daily counts' default retention
     show_default=True,
     help="How many days, today (UTC) last.",
 )
+@limits_option
 @json_option
-def usage(store_url: str, key_id: str, days: int, as_json: bool) -> None:
-    """Show a key's requests per day (UTC) as a chart.
+def usage(store_url: str, key_id: str, days: int, limits_url: str | None, as_json: bool) -> None:
+    """Show a key's requests per day (UTC) as a chart, and its quota used this period.
 
     Counted: requests the key authenticated that the middleware let through,
     written by each server every 10 s and when it stops.
     """
+    where = _limits_url(store_url, limits_url)
 
-    async def action(store: KeyStore) -> tuple[KeyRecord, DailyUsage | None]:
+    async def action(
+        store: KeyStore,
+    ) -> tuple[KeyRecord, DailyUsage | None, dict[str, Any] | None]:
         record = await KeyManager(store).get(key_id)
-        return record, await daily_usage(store, key_id, days)
+        counts = await daily_usage(store, key_id, days)
+        return record, counts, await _quota_usage(record, where)
 
-    record, counts = _run(store_url, action)
+    record, counts, quota = _run(store_url, action)
     if counts is None:
         raise click.ClickException(
             f"the store {redact_url(store_url)} keeps no request counts: its class has no"
             " add_usage/usage methods (apiguard.types.UsageStore)"
         )
     if as_json:
-        click.echo(json.dumps({"key_id": record.key_id, "name": record.name, **counts.to_json()}))
+        shown = {"key_id": record.key_id, "name": record.name, **counts.to_json()}
+        if record.quota is not None:
+            shown["quota"] = record.quota
+            shown["quota_usage"] = quota
+        click.echo(json.dumps(shown))
         return
     click.echo(f"{record.key_id} ({record.name}): {counts.total:,} requests in the last"
                f" {days} day{'' if days == 1 else 's'} (UTC)")  # fmt: skip
+    if record.quota is not None:
+        click.echo(f"{'quota:':<11}{record.quota}")
+        _echo_quota(record, quota)
     click.echo("")
     for line in render_chart(counts):
         click.echo(line.rstrip())

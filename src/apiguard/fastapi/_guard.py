@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from apiguard._challenge import ErrorResponder
-from apiguard._core import Authenticator, AuthMiddleware, Refused, identify, log_refusal
+from apiguard._core import Authenticator, AuthMiddleware, Refused, identify, observer
 from apiguard.authenticators import APIKeyAuth
 from apiguard.exceptions import ApiGuardError, ConfigurationError
 from apiguard.fastapi._openapi import Description, complete
@@ -134,6 +135,12 @@ class Guard:
             if (keeper := getattr(each, part, None)) is not None
         )
         self._middleware = False
+        self._observer = observer(
+            self._authenticators,
+            options.get("on_event"),
+            options.get("metrics"),
+            options.get("tracing"),
+        )
 
     @property
     def token_url(self) -> str | None:
@@ -218,9 +225,19 @@ class Guard:
                 optional=self._optional,
                 problem_details=self._options.get("problem_details", False),
                 custom_body=self._options.get("error_response") is not None,
+                rate_limited=self._rate_limited(),
             )
 
         return description
+
+    def _rate_limited(self) -> bool:
+        """Whether a policy or the failed-authentication limit may answer 429."""
+        if self._failures is not None:
+            return True
+        limiting = sys.modules.get("apiguard.ratelimit")  # loaded if a limit is configured
+        return limiting is not None and any(
+            isinstance(policy, limiting.RateLimits | limiting.Quotas) for policy in self._policies
+        )
 
     def _discover_token_url(self, app: FastAPI) -> Callable[[], Awaitable[None]]:
         issuer = self._issuer
@@ -264,6 +281,7 @@ class Guard:
                 check_scopes(principal, required)
             return principal
         scope = connection.scope
+        trace = self._observer.trace(scope) if self._observer.wanted() else None
         try:
             # Per route, a policy's response fields (RateLimit) are not added: only
             # the middleware sees the response start.
@@ -273,6 +291,7 @@ class Guard:
                 optional=self._optional,
                 policies=self._policies,
                 failures=self._failures,
+                trace=trace,
             )
             # Let through, as the middleware counts: before the route's own scope check,
             # and once a request, however many of its dependencies use the guard.
@@ -285,10 +304,12 @@ class Guard:
                 except ApiGuardError as exc:
                     raise Refused(exc, used or self._authenticators[0]) from None
         except Refused as refused:
-            error = log_refusal(refused.error, scope)
+            scheme = refused.authenticator.scheme
+            error = self._observer.refused(refused.error, scope, scheme, trace)
             await self._flush()
-            raise GuardRefusal(error, refused.authenticator.scheme, self._responder) from None
+            raise GuardRefusal(error, scheme, self._responder) from None
         scope["user"], scope["auth"] = grant
+        self._observer.allowed(trace, scope, grant[0])
         if any(keeper.pending for keeper in self._bookkeeping):
             background_tasks.add_task(self._flush)  # after the response is sent
         return grant[0]

@@ -3,7 +3,7 @@
 FastAPI's own document is completed, never replaced: each credential the guard
 accepts becomes a security scheme (`apiKey` per header, OAuth 2.0
 `clientCredentials` or HTTP `bearer` for tokens), each operation gets the
-requirement that applies to it, and its refusals (401, 403, 503) are documented
+requirement that applies to it, and its refusals (401, 403, 429, 503) are documented
 with the body the middleware sends.
 """
 
@@ -20,7 +20,12 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from apiguard._challenge import UNAVAILABLE_DESCRIPTION, UNAVAILABLE_ERROR
-from apiguard.exceptions import InsufficientScope, InvalidCredentials, InvalidToken
+from apiguard.exceptions import (
+    InsufficientScope,
+    InvalidCredentials,
+    InvalidToken,
+    RateLimitExceeded,
+)
 from apiguard.fastapi._dependencies import SCOPES_ATTRIBUTE, current_principal
 from apiguard.policies import ScopeRule
 
@@ -28,6 +33,7 @@ __all__ = ["Description", "complete"]
 
 Requirement = tuple[frozenset[str], ...]  # alternatives: all scopes of any one suffice
 
+RATE_LIMITED = RateLimitExceeded.description
 ERROR_SCHEMA = "ApiGuardError"
 PROBLEM_SCHEMA = "ApiGuardProblem"
 
@@ -49,6 +55,7 @@ class Description:
     optional: bool
     problem_details: bool
     custom_body: bool  # an `error_response` hook builds refusals: their body is unknown
+    rate_limited: bool = False  # a rate limit, quota or failed-authentication limit: 429
 
     def excluded(self, path: str, method: str) -> bool:
         return (
@@ -184,7 +191,12 @@ def _invalid(description: Description) -> tuple[str, str]:
 
 
 def _refusal(
-    description: Description, text: str, example: dict[str, Any], *, retry_after: bool = False
+    description: Description,
+    text: str,
+    example: dict[str, Any],
+    *,
+    retry_after: bool = False,
+    rate_limit_fields: bool = False,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {
         "Cache-Control": {"description": "`no-store`.", "schema": {"type": "string"}},
@@ -194,6 +206,17 @@ def _refusal(
             "description": "Seconds to wait before trying again.",
             "schema": {"type": "integer"},
         }
+        if rate_limit_fields:
+            headers["RateLimit-Policy"] = {
+                "description": "The limits that apply (draft-ietf-httpapi-ratelimit-headers),"
+                " when the policy sends the fields.",
+                "schema": {"type": "string"},
+            }
+            headers["RateLimit"] = {
+                "description": "The limit reached, with `r` (remaining) and `t` (seconds"
+                " to reset).",
+                "schema": {"type": "string"},
+            }
     else:
         headers["WWW-Authenticate"] = {
             "description": "The challenge of each accepted scheme (RFC 9110 §11.6.1,"
@@ -314,6 +337,17 @@ def complete(
                     description,
                     "The credential lacks a scope this operation requires.",
                     _example(description, 403, "insufficient_scope", InsufficientScope.description),
+                ),
+            )
+        if description.rate_limited:
+            responses.setdefault(
+                "429",
+                _refusal(
+                    description,
+                    "Too many requests: a rate limit, quota or failed-authentication limit.",
+                    _example(description, 429, RateLimitExceeded.error, RATE_LIMITED),
+                    retry_after=True,
+                    rate_limit_fields=True,
                 ),
             )
         responses.setdefault(

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection
-from functools import partial
 from typing import NoReturn
 
 import anyio
@@ -21,6 +20,7 @@ from starlette.authentication import AuthCredentials
 
 from apiguard._backoff import Backoff
 from apiguard._cache import CacheOptions, VerdictCache
+from apiguard._observe import backend_call, cache_hit, cache_miss
 from apiguard.exceptions import (
     ApiGuardError,
     BackendUnavailableError,
@@ -135,10 +135,13 @@ class KeyVerifier:
         verdicts = self._verdicts
         grant = verdicts.positive.get(digest, now)
         if grant is not None:
+            cache_hit()
             return grant
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
+            cache_hit()
             raise InvalidCredentials(reason=reason)
+        cache_miss()
         return await verdicts.fill_or_stale(
             digest,
             lambda generation: self._lookup(raw, digest, generation),
@@ -157,9 +160,12 @@ class KeyVerifier:
         # backoff, which records a read that passes the deadline as a failure, so that
         # a failing store is not asked again at once.
         begun = anyio.current_time()
-        record = await self._backoff.call(
-            partial(self.store.get, parsed.key_id), deadline=self._deadline, what="key store"
-        )
+
+        async def read() -> KeyRecord | None:
+            with backend_call("store"):
+                return await self.store.get(parsed.key_id)
+
+        record = await self._backoff.call(read, deadline=self._deadline, what="key store")
         if record is None:
             self._refuse(digest, parsed.key_id, "unknown key", generation)
         if self._hasher.is_fast(record.secret_hash):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError
 from apiguard.tokens._http import DEFAULT_TIMEOUT, AsyncHTTPClient, check_url, get_json
 
@@ -47,9 +48,10 @@ async def discover(
     errors: list[str] = []
     for url in metadata_urls(issuer):
         try:
-            metadata, _ = await get_json(
-                client, url, "authorization server metadata", timeout=timeout
-            )
+            with backend_call("discovery"):
+                metadata, _ = await get_json(
+                    client, url, "authorization server metadata", timeout=timeout
+                )
         except BackendUnavailableError as exc:
             errors.append(str(exc))
             continue

@@ -23,6 +23,7 @@ import jwt
 
 from apiguard._backoff import Backoff
 from apiguard._cache import SingleFlight
+from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.tokens._http import (
@@ -259,23 +260,25 @@ class RemoteIntrospector:
         for attempt in range(self._retries + 1):
             self.calls += 1
             try:
-                async with self._client.stream(
-                    "POST",
-                    endpoint,
-                    data=form,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                    # The credentials are in the form or in headers; a redirect is
-                    # never followed, so they go to the configured endpoint only.
-                    follow_redirects=False,
-                    auth=None,
-                ) as response:
-                    status = response.status_code
-                    if status == 200:
-                        return await read_json(response, "introspection")  # type: ignore[arg-type]
-                    if status < 500:
-                        await self._refused(endpoint, response)  # type: ignore[arg-type]
-                    error = f"introspection: HTTP {status}"
+                with backend_call("introspection") as call:
+                    async with self._client.stream(
+                        "POST",
+                        endpoint,
+                        data=form,
+                        headers=self._headers,
+                        timeout=self._timeout,
+                        # The credentials are in the form or in headers; a redirect is
+                        # never followed, so they go to the configured endpoint only.
+                        follow_redirects=False,
+                        auth=None,
+                    ) as response:
+                        status = response.status_code
+                        if status == 200:
+                            return await read_json(response, "introspection")  # type: ignore[arg-type]
+                        if status < 500:
+                            await self._refused(endpoint, response)  # type: ignore[arg-type]
+                        error = f"introspection: HTTP {status}"
+                        call.fail()
             except errors as exc:
                 error = f"introspection: {type(exc).__name__}"
             if attempt < self._retries:

@@ -24,6 +24,7 @@ import jwt
 
 from apiguard._backoff import Backoff
 from apiguard._cache import SingleFlight
+from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError, InvalidToken
 from apiguard.tokens._http import (
     DEFAULT_TIMEOUT,
@@ -245,7 +246,10 @@ class _KeySet:
                 self._uri = check_url(uri, "jwks_uri")
             except ConfigurationError as exc:
                 raise BackendUnavailableError(str(exc)) from exc
-        document, headers = await get_json(self._client, self._uri, "JWKS", timeout=self._timeout)
+        with backend_call("jwks"):
+            document, headers = await get_json(
+                self._client, self._uri, "JWKS", timeout=self._timeout
+            )
         keys = document.get("keys")
         if not isinstance(keys, list):
             raise BackendUnavailableError("JWKS has no keys array")

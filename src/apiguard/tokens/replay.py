@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from apiguard._observe import backend_call
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -121,9 +122,10 @@ class RedisReplayStore:
         from redis import exceptions as redis_exceptions
 
         try:
-            stored = await self._client.set(
-                self._prefix + key.hex().encode(), b"1", nx=True, px=max(1, int(ttl * 1000))
-            )
+            with backend_call("replay_store"):
+                stored = await self._client.set(
+                    self._prefix + key.hex().encode(), b"1", nx=True, px=max(1, int(ttl * 1000))
+                )
         except (redis_exceptions.RedisError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
             raise BackendUnavailableError(
                 f"DPoP replay store unavailable: {type(exc).__name__}"

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from apiguard._observe import backend_call
 from apiguard.exceptions import ConfigurationError, InvalidToken
 from apiguard.tokens.info import TokenInfo
 from apiguard.tokens.jwks import looks_like_jwt
@@ -370,7 +371,7 @@ class RedisTokenCache:
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """`await fn()` within `timeout`; a failure takes Redis out of use for a while."""
         try:
-            with anyio.fail_after(self._timeout):
+            with backend_call("shared_cache"), anyio.fail_after(self._timeout):
                 result = await fn()
         except (redis_exceptions.RedisError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
             now = time.monotonic()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from starlette.authentication import AuthCredentials
 
 from apiguard._cache import CacheOptions, VerdictCache
+from apiguard._observe import cache_hit, cache_miss
 from apiguard.exceptions import ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.principal import Grant, Principal
@@ -94,10 +95,13 @@ class TokenVerifier:
         verdicts = self._verdicts
         grant = verdicts.positive.get(digest, now)
         if grant is not None:
+            cache_hit()
             return grant
         reason = verdicts.negative.get(digest, now)
         if reason is not None:
+            cache_hit()
             raise InvalidToken(reason=reason)
+        cache_miss()
         return await verdicts.fill_or_stale(
             digest,
             lambda generation: self._lookup(raw, digest, generation),
