@@ -6,7 +6,8 @@ expands them. Per fenced block:
 - ```python blocks run, in page order, in one namespace per page: the blocks of a
   page are one program, so a later block may use what an earlier one defined.
   Top-level `await` is allowed (the page runs in an event loop). Each page runs in
-  an empty working directory with `APIGUARD_PEPPER` and `INTROSPECTION_SECRET` set.
+  an empty working directory with `APIGUARD_PEPPER` and `INTROSPECTION_SECRET` set,
+  and a registry of its own as prometheus_client's default.
   A block whose first line is `# name.py` is also written to that file there, so a
   later block can import it. Whatever the page leaves with an `aclose()` is closed.
 - ```console blocks: each `$ apiguard ...` line names a real command and real options.
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import pytest
 import yaml
 
@@ -125,6 +127,8 @@ def page_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("APIGUARD_PEPPER", "a pepper of at least 32 bytes for the docs")
     monkeypatch.setenv("INTROSPECTION_SECRET", "an introspection secret")
+    # Metrics a page makes on prometheus_client's default registry stay with the page.
+    monkeypatch.setattr(prometheus_client, "REGISTRY", prometheus_client.CollectorRegistry())
     before = set(sys.modules)
     yield tmp_path
     for name in set(sys.modules) - before:  # modules the page wrote and imported
@@ -307,6 +311,9 @@ PUBLIC_MODULES = [
     "apiguard.ratelimit",
     "apiguard.proxies",
     "apiguard.diagnostics",
+    "apiguard.events",
+    "apiguard.prometheus",
+    "apiguard.otel",
 ]
 
 
