@@ -7,7 +7,6 @@ import dataclasses
 import inspect
 import json
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import httpx
 import pytest
 
@@ -30,12 +28,12 @@ from apiguard import (
     ConfigurationError,
     UsageOptions,
 )
-from apiguard.cli import main
 from apiguard.keys import KeyHasher, KeyManager, open_store
 from apiguard.keys.verifier import KeyVerifier
 from apiguard.tokens import JWTIntrospector, RemoteIntrospector, TrustedIssuer
 
 from .conftest import PEPPER, MakeClient
+from .docs_support import cli_lines, unknown_cli_words
 from .test_examples import clean_env, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,26 +206,10 @@ def test_every_refusal_is_in_the_table(error: type[AuthError]) -> None:
     assert any("| 503 |" in row and "temporarily_unavailable" in row for row in rows)
 
 
-def cli_lines() -> list[list[str]]:
-    lines = []
-    for console in blocks("console"):
-        for line in console.replace("\\\n", " ").splitlines():
-            if line.startswith("$ apiguard "):
-                words = shlex.split(line[2:].split("#")[0])
-                lines.append([w for w in words if not w.startswith("[")])
-    return lines
-
-
-@pytest.mark.parametrize("words", cli_lines(), ids=" ".join)
+@pytest.mark.parametrize("words", cli_lines(blocks("console")), ids=" ".join)
 def test_cli_lines_use_real_commands_and_options(words: list[str]) -> None:
-    command: click.Command = main
-    args = words[1:]
-    while isinstance(command, click.Group) and args and args[0] in command.commands:
-        command = command.commands[args.pop(0)]
-    options = {opt for param in command.params for opt in param.opts}
-    options |= {"--help", "--version"}
-    used = {arg.split("=")[0] for arg in args if arg.startswith("--")}
-    assert used <= options, f"{' '.join(words)}: unknown {sorted(used - options)}"
+    unknown = unknown_cli_words(words)
+    assert not unknown, f"{' '.join(words)}: unknown {sorted(unknown)}"
 
 
 def test_install_lines_and_scripts_exist() -> None:

@@ -84,8 +84,9 @@ class FakeIssuer:
         audience: The `aud` of the tokens it mints unless told otherwise.
         signing_keys: `kid` -> private key. By default `rsa-1` (RSA, RS256) and
             `ec-1` (P-256, ES256), made once per process.
-        client_id, client_secret: The credentials the introspection endpoint
-            accepts (HTTP Basic, RFC 7662 §2.1, or in the form body).
+        client_id: The client id the introspection endpoint accepts (HTTP Basic,
+            RFC 7662 §2.1, or in the form body).
+        client_secret: That client's secret.
 
     Attributes you may change during a test:
         keys: The JWKS it publishes (public JWKs). Replace it to rotate keys.

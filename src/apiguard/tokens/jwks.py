@@ -293,7 +293,8 @@ class JWTIntrospector:
             `leeway` and no longer (`TokenVerifier` takes the leeway from here).
         max_token_size: Longer tokens are refused unread.
         jwks_ttl: Seconds a key set is used when its response has no `max-age`.
-        jwks_min_ttl, jwks_max_ttl: Bounds on a `Cache-Control: max-age`.
+        jwks_min_ttl: Lower bound on a `Cache-Control: max-age`.
+        jwks_max_ttl: Upper bound on a `Cache-Control: max-age`.
         refresh_cooldown: Least seconds between two fetches caused by unknown `kid`s,
             so forged `kid`s cannot flood the authorization server.
         max_stale: Seconds the last good keys stay in use after they expire while the
