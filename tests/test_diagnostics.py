@@ -122,6 +122,17 @@ async def test_each_jwt_check_says_why_and_the_verdict_is_the_middlewares(
     shows_none_of(report, token)
 
 
+async def test_the_key_says_where_it_was_found_and_when_the_key_set_was_fetched(
+    jwt_introspector: JWTIntrospector,
+) -> None:
+    report = await explain_token(mint(), jwt_introspector)
+    (key,) = [check for check in report.checks if check.name == "key"]
+    assert key.detail.startswith("kid=rsa-1 found in https://idp.example/jwks (key set fetched ")
+    assert re.search(
+        r"\(key set fetched \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, \d+ s ago\)$", key.detail
+    )
+
+
 async def test_the_clock_difference_is_told(jwt_introspector: JWTIntrospector) -> None:
     report = await explain_token(mint(exp=1_000_000_000), jwt_introspector)
     (exp,) = [check for check in report.checks if check.name == "exp"]

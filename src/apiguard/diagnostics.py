@@ -119,6 +119,12 @@ def _ago(seconds: float) -> str:
     return f"{seconds // 86400} days"
 
 
+def _fetched(when: float | None) -> str:
+    if when is None:
+        return "never"
+    return f"{_utc(when)}, {_ago(time.time() - when)} ago"
+
+
 def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -246,7 +252,7 @@ async def _explain_jwt(token: str, introspector: JWTIntrospector, steps: _Steps)
     steps.add(
         "key",
         "pass",
-        f"kid={show(kid)} found in {keys._uri} (key set fetched {keys.fetches} time(s))",
+        f"kid={show(kid)} found in {keys._uri} (key set fetched {_fetched(keys.fetched_at)})",
     )
     try:
         jwt.decode(

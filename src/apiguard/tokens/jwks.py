@@ -173,6 +173,7 @@ class _KeySet:
         self._flight: SingleFlight[str, None] = SingleFlight()
         self._backoff = Backoff(clock=clock)
         self.fetches = 0
+        self.fetched_at: float | None = None  # wall-clock time of the last good fetch
 
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK:
         fetches = self.fetches
@@ -259,6 +260,7 @@ class _KeySet:
                 kid = jwk.get("kid")
                 by_kid.setdefault(kid if isinstance(kid, str) else None, []).append(jwk)
         now = self._clock()
+        self.fetched_at = time.time()
         self._keys = by_kid
         self._parsed.clear()
         self._fresh_until = now + self._ttl_from(headers)
