@@ -251,6 +251,19 @@ async def test_unreadable_tls_chain_counts_as_none() -> None:
     assert response.status_code == 401
 
 
+_CA_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 def _issue(
     subject: str, issuer: tuple[x509.Name, Any] | None = None, *, ca: bool = False, ip: bool = False
 ) -> tuple[x509.Certificate, Any]:
@@ -267,7 +280,16 @@ def _issue(
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        # Key identifiers and, for a CA, key usage: Python 3.13 verifies strictly
+        # (ssl.VERIFY_X509_STRICT) and refuses certificates without them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
     )
+    if ca:
+        builder = builder.add_extension(_CA_USAGE, critical=True)
     if ip:
         address = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
         builder = builder.add_extension(x509.SubjectAlternativeName([address]), critical=False)
