@@ -70,6 +70,13 @@ def test_usage_draws_a_bar_per_day(store_url: str) -> None:  # noqa: F811
     assert len({len(line) for line in chart}) == 1  # counts right-aligned
 
 
+def test_usage_says_one_request_in_one_day(store_url: str) -> None:  # noqa: F811
+    key = create("--name", "alice")
+    add_usage(store_url, key["key_id"], {0: 1})
+    output = cli("keys", "usage", key["key_id"], "--days", "1").output.splitlines()
+    assert output[0] == f"{key['key_id']} (alice): 1 request in the last 1 day (UTC)"
+
+
 def test_usage_json_lists_every_day(store_url: str) -> None:  # noqa: F811
     key = create("--name", "alice")
     add_usage(store_url, key["key_id"], {1: 4})

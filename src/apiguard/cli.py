@@ -519,7 +519,8 @@ def usage(store_url: str, key_id: str, days: int, limits_url: str | None, as_jso
             shown["quota_usage"] = quota
         click.echo(json.dumps(shown))
         return
-    click.echo(f"{record.key_id} ({record.name}): {counts.total:,} requests in the last"
+    requests = "request" if counts.total == 1 else "requests"
+    click.echo(f"{record.key_id} ({record.name}): {counts.total:,} {requests} in the last"
                f" {days} day{'' if days == 1 else 's'} (UTC)")  # fmt: skip
     if record.quota is not None:
         click.echo(f"{'quota:':<11}{record.quota}")
