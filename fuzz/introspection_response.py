@@ -13,6 +13,7 @@ import httpx
 from apiguard import BackendUnavailableError, InvalidToken
 from apiguard.tokens import RemoteIntrospector, TokenInfo
 from apiguard.tokens._http import MAX_RESPONSE_BYTES, _BoundedBody, read_json
+from apiguard.tokens.introspection import require_active
 from fuzz._drive import drive
 
 INTROSPECTOR = RemoteIntrospector(
@@ -37,7 +38,9 @@ def test_one_input(data: bytes) -> None:
         200, headers={"content-encoding": coding}, stream=httpx.ByteStream(body)
     )
     try:
-        answer = drive(read_json(response, "introspection"))
+        # What `RemoteIntrospector.introspect` does with a body: read, require a
+        # boolean `active`, check.
+        answer = require_active(drive(read_json(response, "introspection")))
         info = INTROSPECTOR._check(answer)
     except (BackendUnavailableError, InvalidToken):
         return

@@ -71,6 +71,13 @@ def _form_encode(value: str) -> str:
     return quote_plus(value, safe="")
 
 
+def require_active(answer: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`answer` if its `active` is a boolean (RFC 7662 §2.2: REQUIRED); else 503."""
+    if not isinstance(answer.get("active"), bool):
+        raise BackendUnavailableError("introspection answer without a boolean 'active'")
+    return answer
+
+
 class RemoteIntrospector:
     """Validates tokens by asking the authorization server's introspection endpoint.
 
@@ -219,12 +226,9 @@ class RemoteIntrospector:
             form["client_assertion"] = self._assertion(endpoint)
         if self._hint is not None:
             form["token_type_hint"] = self._hint
-        answer = await self._post(endpoint, form)
-        if not isinstance(answer.get("active"), bool):
-            # RFC 7662 §2.2: "active" is REQUIRED and boolean. Checked here, inside the
-            # backoff, so that a server answering this way is not asked on every request.
-            raise BackendUnavailableError("introspection answer without a boolean 'active'")
-        return answer
+        # Checked here, inside the backoff, so that a server answering without a
+        # boolean `active` is not asked on every request.
+        return require_active(await self._post(endpoint, form))
 
     def _assertion(self, endpoint: str) -> str:
         # RFC 7523 §3: iss and sub are the client id; a unique jti and a short exp.
@@ -313,7 +317,7 @@ class RemoteIntrospector:
         raise BackendUnavailableError(f"introspection refused: HTTP {status}")
 
     def _check(self, answer: Mapping[str, Any]) -> TokenInfo:
-        if not answer["active"]:  # a boolean: checked by `_ask`
+        if not answer["active"]:  # a boolean: checked by `require_active` in `_ask`
             return _INACTIVE
         info = TokenInfo.from_claims(answer, scope_claims=self._scope_claims)
         token_type = answer.get("token_type")
