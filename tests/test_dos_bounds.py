@@ -25,7 +25,7 @@ from apiguard.tokens import JWTIntrospector, RemoteIntrospector, TokenInfo
 from apiguard.tokens._http import MAX_RESPONSE_BYTES
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import MAX_SCOPES, scopes_from_claims
-from apiguard.tokens.jwks import MAX_KEYS, MAX_TOKEN_SIZE, _segment
+from apiguard.tokens.jwks import MAX_JSON_DEPTH, MAX_KEYS, MAX_TOKEN_SIZE, _segment
 from apiguard.tokens.verifier import MAX_PRESENTED_TOKEN, MAX_SCOPE_SETS, TokenVerifier
 
 from .token_support import (
@@ -316,7 +316,8 @@ BOUNDS = [
     Bound("presented bearer token bytes", MAX_PRESENTED_TOKEN, lambda: presented_token(MAX_PRESENTED_TOKEN), lambda: presented_token(MAX_PRESENTED_TOKEN + 1)),
     Bound("JWT length", MAX_TOKEN_SIZE, lambda: jwt_size(MAX_TOKEN_SIZE), lambda: jwt_size(MAX_TOKEN_SIZE + 1)),
     Bound("opaque token length", MAX_TOKEN_SIZE, lambda: opaque_token(MAX_TOKEN_SIZE), lambda: opaque_token(MAX_TOKEN_SIZE + 1)),
-    Bound("JOSE header depth", 900, lambda: jose_depth(900), lambda: jose_depth(5000)),
+    # The top object and 15 arrays in it: 16 levels; one more is refused.
+    Bound("JOSE header depth", MAX_JSON_DEPTH, lambda: jose_depth(15), lambda: jose_depth(16)),
     Bound("discovery response bytes (decompressed)", MAX_RESPONSE_BYTES, lambda: discovery_size(MAX_RESPONSE_BYTES), lambda: discovery_size(MAX_RESPONSE_BYTES + 1)),
     Bound("JWKS response bytes (decompressed)", MAX_RESPONSE_BYTES, lambda: jwks_size(MAX_RESPONSE_BYTES), lambda: jwks_size(MAX_RESPONSE_BYTES + 1)),
     Bound("introspection response bytes (decompressed)", MAX_RESPONSE_BYTES, lambda: introspection_size(MAX_RESPONSE_BYTES), lambda: introspection_size(MAX_RESPONSE_BYTES + 1)),

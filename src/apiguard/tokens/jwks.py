@@ -53,6 +53,7 @@ DEFAULT_ALGORITHMS = (
 DEFAULT_REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat")
 MAX_TOKEN_SIZE = 8192
 MAX_KEYS = 100
+MAX_JSON_DEPTH = 16  # a JOSE header or claims set nested deeper is refused
 
 # Which algorithms a key of each type (and curve) may be used with: one key, one
 # family, so an RSA public key can never verify an HMAC (RFC 8725 §3.1).
@@ -461,9 +462,29 @@ def _segment(token: str, index: int, reason: str) -> dict[str, Any]:
         value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode())
     except (ValueError, binascii.Error, RecursionError):  # RecursionError: deeply nested
         raise InvalidToken(reason=reason) from None
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or not _nested_at_most(value, MAX_JSON_DEPTH):
         raise InvalidToken(reason=reason)
     return value
+
+
+def _nested_at_most(value: object, limit: int) -> bool:
+    """Whether `value` nests objects and arrays `limit` deep or less (the top counts one).
+
+    Iterative, and over a segment the token's size already bounds; the JSON decoder's
+    own recursion limit differs between Python versions, this bound does not.
+    """
+    level: list[object] = [value]
+    for _ in range(limit):
+        inner: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                inner.extend(v for v in item if isinstance(v, dict | list))
+        if not inner:
+            return True
+        level = inner
+    return False
 
 
 def _reason(exc: jwt.InvalidTokenError) -> str:
