@@ -328,7 +328,8 @@ def test_keys_check_reads_the_key_from_stdin_and_exits_by_verdict(
     assert result.output.splitlines()[-1] == "verdict: ACCEPTED (api key)"
     assert key not in result.output
 
-    result = run("keys", "check", "--json", stdin=key[:-1] + "0\n")
+    wrong = key[:-1] + ("1" if key.endswith("0") else "0")  # a bad checksum
+    result = run("keys", "check", "--json", stdin=wrong + "\n")
     assert result.exit_code == 1
     assert json.loads(result.output)["reason"] == "bad checksum"
 
