@@ -11,6 +11,7 @@ from apiguard.types import Scope
 __all__ = [
     "AUTHORIZATION",
     "header_names",
+    "read_authorization",
     "read_bearer",
     "read_headers",
     "read_headers_or_query",
@@ -80,22 +81,35 @@ def read_headers_or_query(scope: Scope, names: frozenset[bytes], param: str) -> 
 def read_bearer(scope: Scope) -> bytes | None:
     """The token of an `Authorization: Bearer <token>` header, or `None`.
 
-    The scheme name is case-insensitive (RFC 9110 §11.1). Another scheme (`Basic`,
-    `DPoP`) is not a bearer credential: `None`. The token's characters are checked by
-    the verifier, once per token, not here on every request.
+    The token's characters are checked by the verifier, once per token, not here on
+    every request.
 
     Raises:
         InvalidRequest: Two Authorization headers, or `Bearer` with no token.
     """
+    return read_authorization(scope, b"bearer", reason="empty bearer token")
+
+
+def read_authorization(scope: Scope, scheme: bytes, *, reason: str) -> bytes | None:
+    """The token of an `Authorization: <scheme> <token>` header, or `None`.
+
+    `scheme` is given in lower case and matched case-insensitively (RFC 9110 §11.1);
+    any other scheme (`Basic`, or `DPoP` when `bearer` is asked for) is not this
+    credential: `None`.
+
+    Raises:
+        InvalidRequest: Two Authorization headers, or the scheme with no token
+            (`reason` for logs).
+    """
     value = read_headers(scope, AUTHORIZATION)
     if value is None:
         return None
-    scheme, _, token = value.partition(b" ")
-    if scheme.lower() != b"bearer":
+    name, _, token = value.partition(b" ")
+    if name.lower() != scheme:
         return None
     token = token.lstrip(b" ")
     if not token:
-        raise InvalidRequest(reason="empty bearer token")
+        raise InvalidRequest(reason=reason)
     return token
 
 

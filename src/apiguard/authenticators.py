@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from apiguard import _credentials
 from apiguard._cache import CacheOptions
 from apiguard._origin import OriginFunction, check_base_url, external_origin, request_url
-from apiguard.exceptions import ConfigurationError, InvalidDPoPProof, InvalidRequest, InvalidToken
+from apiguard.exceptions import ConfigurationError, InvalidDPoPProof, InvalidToken
 from apiguard.keys import open_store
 from apiguard.keys.format import DEFAULT_PREFIX
 from apiguard.keys.hashing import KeyHasher
@@ -366,16 +366,7 @@ def check_bearer_binding(
 
 def _read_dpop(scope: Scope) -> bytes | None:
     """The token of an `Authorization: DPoP <token>` header (RFC 9449 §7.1), or `None`."""
-    value = _credentials.read_headers(scope, _credentials.AUTHORIZATION)
-    if value is None:
-        return None
-    scheme, _, token = value.partition(b" ")
-    if scheme.lower() != b"dpop":
-        return None
-    token = token.lstrip(b" ")
-    if not token:
-        raise InvalidRequest(reason="empty DPoP token")
-    return token
+    return _credentials.read_authorization(scope, b"dpop", reason="empty DPoP token")
 
 
 def _cnf(claims: Mapping[str, Any]) -> Mapping[str, Any]:
