@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from apiguard.exceptions import BackendUnavailableError, ConfigurationError
-from apiguard.keys._url import hide_password, redact_url
+from apiguard.keys._url import redact_url
 
 try:
     from limits import RateLimitItem, parse_many
@@ -144,8 +144,8 @@ class LimitStorage:
 
 def _redis_client(url: str, timeout: float, options: dict[str, Any]) -> aioredis.Redis:
     try:
-        import redis.asyncio as aioredis
-    except ImportError:  # pragma: no cover - exercised without the extra installed
+        from apiguard.keys.redis import redis_client
+    except ConfigurationError:  # pragma: no cover - exercised without the extra installed
         raise ConfigurationError(
             "a Redis limit storage needs redis-py: pip install 'apiguard-asgi[ratelimit,redis]'"
         ) from None
@@ -154,12 +154,7 @@ def _redis_client(url: str, timeout: float, options: dict[str, Any]) -> aioredis
     url, _ = split_push(url)  # the key store's push option means nothing here
     options.setdefault("socket_connect_timeout", timeout)
     options.setdefault("socket_timeout", timeout)
-    try:
-        return aioredis.Redis.from_url(url, **options)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"cannot open limit storage {redact_url(url)!r}: {hide_password(str(exc), url)}"
-        ) from None
+    return redis_client(url, "limit storage", **options)
 
 
 def _is_redis_error(exc: BaseException) -> bool:
