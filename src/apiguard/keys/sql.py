@@ -517,12 +517,17 @@ class SQLKeyStore(BaseKeyStore):
 
     @_retry_while_locked
     async def revoke(self, key_id: str, *, at: datetime) -> KeyRecord:
+        return await self._change(
+            key_id,
+            sa.update(keys_table)
+            .where(keys_table.c.key_id == key_id, keys_table.c.revoked_at.is_(None))
+            .values(revoked_at=at),
+        )
+
+    async def _change(self, key_id: str, statement: sa.Update) -> KeyRecord:
+        """Run `statement` on `key_id`'s record, read it back, and tell every process."""
         async with self._connect() as conn:
-            await conn.execute(
-                sa.update(keys_table)
-                .where(keys_table.c.key_id == key_id, keys_table.c.revoked_at.is_(None))
-                .values(revoked_at=at)
-            )
+            await conn.execute(statement)
             record = await self._get(conn, key_id)
             if record is not None:
                 await self._notify_on_commit(conn, key_id)
@@ -578,19 +583,12 @@ class SQLKeyStore(BaseKeyStore):
     async def update_limits(
         self, key_id: str, *, rate_limit: str | None, quota: str | None
     ) -> KeyRecord:
-        async with self._connect() as conn:
-            await conn.execute(
-                sa.update(keys_table)
-                .where(keys_table.c.key_id == key_id)
-                .values(rate_limit=rate_limit, quota=quota)
-            )
-            record = await self._get(conn, key_id)
-            if record is not None:
-                await self._notify_on_commit(conn, key_id)
-        if record is None:
-            raise KeyNotFoundError(f"no key with id {key_id!r}")
-        await self._announce(key_id, published=self._notify is not None)
-        return record
+        return await self._change(
+            key_id,
+            sa.update(keys_table)
+            .where(keys_table.c.key_id == key_id)
+            .values(rate_limit=rate_limit, quota=quota),
+        )
 
     @_retry_while_locked
     async def record_usage(self, key_id: str, *, at: datetime) -> None:
