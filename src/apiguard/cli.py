@@ -401,6 +401,22 @@ limits_option = click.option(
 )
 
 
+def _key_with_usage(
+    store_url: str, key_id: str, days: int, limits_url: str | None
+) -> tuple[KeyRecord, DailyUsage | None, dict[str, Any] | None]:
+    """A key's record, its daily request counts over `days`, and its quota use."""
+    where = _limits_url(store_url, limits_url)
+
+    async def action(
+        store: KeyStore,
+    ) -> tuple[KeyRecord, DailyUsage | None, dict[str, Any] | None]:
+        record = await KeyManager(store).get(key_id)
+        counts = await daily_usage(store, key_id, days)
+        return record, counts, await _quota_usage(record, where)
+
+    return _run(store_url, action)
+
+
 @keys.command()
 @store_option
 @click.argument("key_id")
@@ -409,16 +425,7 @@ limits_option = click.option(
 def show(store_url: str, key_id: str, limits_url: str | None, as_json: bool) -> None:
     """Show one key's record, its requests today and in 30 days (UTC), and its quota
     used this period."""
-    where = _limits_url(store_url, limits_url)
-
-    async def action(
-        store: KeyStore,
-    ) -> tuple[KeyRecord, DailyUsage | None, dict[str, Any] | None]:
-        record = await KeyManager(store).get(key_id)
-        counts = await daily_usage(store, key_id, SUMMARY_DAYS)
-        return record, counts, await _quota_usage(record, where)
-
-    record, counts, quota = _run(store_url, action)
+    record, counts, quota = _key_with_usage(store_url, key_id, SUMMARY_DAYS, limits_url)
     if as_json:
         shown = {**_record_json(record), **_usage_json(counts)}
         if record.quota is not None:
@@ -497,16 +504,7 @@ def usage(store_url: str, key_id: str, days: int, limits_url: str | None, as_jso
     Counted: requests the key authenticated that the middleware let through,
     written by each server every 10 s and when it stops.
     """
-    where = _limits_url(store_url, limits_url)
-
-    async def action(
-        store: KeyStore,
-    ) -> tuple[KeyRecord, DailyUsage | None, dict[str, Any] | None]:
-        record = await KeyManager(store).get(key_id)
-        counts = await daily_usage(store, key_id, days)
-        return record, counts, await _quota_usage(record, where)
-
-    record, counts, quota = _run(store_url, action)
+    record, counts, quota = _key_with_usage(store_url, key_id, days, limits_url)
     if counts is None:
         raise click.ClickException(
             f"the store {redact_url(store_url)} keeps no request counts: its class has no"
