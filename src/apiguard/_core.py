@@ -329,9 +329,7 @@ class AuthMiddleware:
 
         # Observed: a sink is set, or refusals are logged. Otherwise nothing is built.
         observer = self._observer
-        trace = (
-            observer.trace(scope) if observer.active or logger.isEnabledFor(logging.INFO) else None
-        )
+        trace = observer.trace(scope) if observer.wanted() else None
         added: list[tuple[bytes, bytes]] = []
         try:
             grant, authenticator = await identify(
