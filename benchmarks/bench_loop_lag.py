@@ -117,7 +117,7 @@ async def main(requests: int, rounds: int, rate: float, paced_requests: int) -> 
                 server = start_load_app(env, Path(tmp) / f"{variant}.log")
                 try:
                     async with httpx.AsyncClient(timeout=120) as client:
-                        await server.wait_up(client)
+                        await server.wait_until(client, "/stats")
                         await pipelined(server.port, warm, connections=50)
                         await client.get(f"http://127.0.0.1:{server.port}/stats/reset")
                         cpu = cpu_seconds(server.process.pid)
@@ -129,7 +129,7 @@ async def main(requests: int, rounds: int, rate: float, paced_requests: int) -> 
                         cpu = cpu_seconds(server.process.pid) - cpu
                         stats = (await client.get(f"http://127.0.0.1:{server.port}/stats")).json()
                 finally:
-                    server.stop()
+                    server.stop(timeout=30)
                 assert statuses == [200] * count, "a request was refused"
                 results[variant].append(
                     {

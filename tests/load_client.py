@@ -14,17 +14,12 @@ answer is returned with the moment its request was written, on the
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from .servers import free_port
+from tests.processes import UvicornProcess
 
 _IO_TIMEOUT = 120.0  # seconds without progress on one connection: the test fails
 
@@ -109,56 +104,12 @@ async def pipelined(
     return answers  # type: ignore[return-value]
 
 
-_ROOT = Path(__file__).parent.parent
-_STARTUP_TIMEOUT = 60.0
-
-
-@dataclass
-class LoadApp:
-    """tests/load_app.py served by one uvicorn process on loopback."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    async def wait_up(self, client: httpx.AsyncClient) -> None:
-        """Return once `/stats` answers; raise if the process ends or takes too long."""
-        deadline = time.monotonic() + _STARTUP_TIMEOUT
-        while True:
-            try:
-                if (await client.get(f"http://127.0.0.1:{self.port}/stats")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{self.output()}")
-            await asyncio.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a hung server
-                self.process.kill()
-                self.process.wait(30)
-
-
-def start_load_app(env: dict[str, str], log: Path) -> LoadApp:
+def start_load_app(env: dict[str, str], log: Path) -> UvicornProcess:
     """Start uvicorn (one worker) on tests/load_app.py with `env` added to the environment.
 
     uvicorn picks uvloop and httptools when they are installed, asyncio and h11 if not.
     """
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "uvicorn", "tests.load_app:app",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backlog", "4096", "--timeout-keep-alive", "120",
-             "--log-level", "warning", "--no-access-log"],
-            cwd=_ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    return LoadApp(port, process, log)
+    return UvicornProcess(
+        "tests.load_app:app", env, log,
+        "--workers", "1", "--backlog", "4096", "--timeout-keep-alive", "120",
+    )  # fmt: skip

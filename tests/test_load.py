@@ -212,7 +212,7 @@ async def test_ten_thousand_concurrent_requests(
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{server.port}", timeout=120
         ) as admin:
-            await server.wait_up(admin)
+            await server.wait_until(admin, "/stats")
             expired_at = max(k.record.expires_at.timestamp() for k in expiring)  # type: ignore[union-attr]
             await anyio.sleep(max(0.0, expired_at - time.time()))  # the expiring keys: expired
             await admin.get("/stats/reset")
@@ -256,7 +256,7 @@ async def test_ten_thousand_concurrent_requests(
             duration = time.monotonic() - started
             stats = (await admin.get("/stats")).json()
     finally:
-        server.stop()
+        server.stop(timeout=30)
     assert "Traceback" not in server.output(), server.output()
 
     windows = math.ceil(duration / TOKEN_TTL) + 1

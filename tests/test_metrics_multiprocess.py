@@ -7,10 +7,6 @@ both write their metrics to one `PROMETHEUS_MULTIPROC_DIR`.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,52 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apiguard.keys import KeyHasher, KeyManager, open_store
 
 from .conftest import PEPPER
-from .servers import free_port
-
-ROOT = Path(__file__).parent.parent
-STARTUP_TIMEOUT = 60.0
-
-
-class Worker:
-    """One uvicorn process serving tests/metrics_app.py."""
-
-    def __init__(self, store_url: str, metrics_dir: Path, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = log
-        env = {
-            **os.environ,
-            "APIGUARD_TEST_STORE": store_url,
-            "APIGUARD_PEPPER": PEPPER,
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        }
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "uvicorn", "tests.metrics_app:app", "--host", "127.0.0.1",
-                 "--port", self.url.rsplit(":", 1)[1], "--log-level", "warning",
-                 "--no-access-log"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def wait_ready(self, client: httpx.Client) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"worker exited:\n{self.log.read_text()}")
-            try:
-                client.get(f"{self.url}/metrics")
-            except httpx.TransportError:
-                time.sleep(0.05)
-            else:
-                return
-        pytest.fail(f"worker not ready:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a hung worker
-            self.process.kill()
-            self.process.wait(10)
+from .processes import UvicornProcess
 
 
 @pytest.fixture
@@ -86,17 +37,28 @@ def key_and_store(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.fixture
-def workers(key_and_store: tuple[str, str], tmp_path: Path) -> Iterator[list[Worker]]:
+def workers(key_and_store: tuple[str, str], tmp_path: Path) -> Iterator[list[UvicornProcess]]:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
+    env = {
+        "APIGUARD_TEST_STORE": key_and_store[1],
+        "APIGUARD_PEPPER": PEPPER,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
     started = [
-        Worker(key_and_store[1], metrics_dir, tmp_path / f"worker-{n}.log") for n in range(2)
+        UvicornProcess("tests.metrics_app:app", env, tmp_path / f"worker-{n}.log") for n in range(2)
     ]
     try:
         yield started
     finally:
         for worker in started:
             worker.stop()
+
+
+async def wait_ready(workers: list[UvicornProcess]) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        for worker in workers:
+            await worker.wait_until(client, "/metrics", lambda answer: True)
 
 
 def values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -109,14 +71,13 @@ def values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 
 def test_two_workers_counts_add_up(
-    workers: list[Worker], key_and_store: tuple[str, str], tmp_path: Path
+    workers: list[UvicornProcess], key_and_store: tuple[str, str], tmp_path: Path
 ) -> None:
     """Each worker counts its own decisions; /metrics on either shows the sum."""
     key, _ = key_and_store
     one, two = workers
+    anyio.run(wait_ready, workers)
     with httpx.Client(timeout=10) as client:
-        for worker in workers:
-            worker.wait_ready(client)
         pids = set()
         for worker, allowed, refused in ((one, 3, 2), (two, 4, 1)):
             for _ in range(allowed):

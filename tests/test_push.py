@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,81 +24,37 @@ import pytest
 
 from apiguard.keys import KeyHasher, KeyManager, open_store
 from apiguard.types import KeyStore
-from tests.servers import RedisServer, free_port
+from tests.processes import UvicornProcess, uvicorn_processes
+from tests.servers import RedisServer
 
 from .conftest import PEPPER
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).parent.parent
 WORKERS = 3
 # Revocations measured per store; raise it (to 100, say) to record figures by hand.
 REVOCATIONS = int(os.environ.get("APIGUARD_TEST_REVOCATIONS", "5"))
-STARTUP_TIMEOUT = 60.0
-
-
-class Worker:
-    """One uvicorn process serving tests/push_app.py."""
-
-    def __init__(self, store_url: str, ttl: float, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {
-            **os.environ,
-            "APIGUARD_TEST_STORE": store_url,
-            "APIGUARD_TEST_TTL": str(ttl),
-            "APIGUARD_PEPPER": PEPPER,
-        }
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "uvicorn", "tests.push_app:app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a hung worker
-                self.process.kill()
-                self.process.wait(10)
 
 
 @contextmanager
-def workers(store_url: str, tmp_path: Path, *, ttl: float = 30.0) -> Iterator[list[Worker]]:
-    started = [Worker(store_url, ttl, tmp_path / f"worker-{n}.log") for n in range(WORKERS)]
-    try:
+def workers(store_url: str, tmp_path: Path, *, ttl: float = 30.0) -> Iterator[list[UvicornProcess]]:
+    """`WORKERS` processes serving tests/push_app.py on `store_url`."""
+    env = {
+        "APIGUARD_TEST_STORE": store_url,
+        "APIGUARD_TEST_TTL": str(ttl),
+        "APIGUARD_PEPPER": PEPPER,
+    }
+    with uvicorn_processes("tests.push_app:app", env, tmp_path, WORKERS) as started:
         yield started
-    finally:
-        for worker in started:
-            worker.stop()
-    for worker in started:  # a traceback in a worker fails the test
-        assert "Traceback" not in worker.output(), worker.output()
 
 
-async def wait_connected(client: httpx.AsyncClient, workers: list[Worker]) -> None:
+async def wait_connected(client: httpx.AsyncClient, workers: list[UvicornProcess]) -> None:
     """Wait until every worker answers and its invalidation channel listens."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
     for worker in workers:
-        while True:
-            try:
-                answer = await client.get(f"{worker.url}/channel")
-                if answer.json()["connected"]:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker on {worker.port} not listening:\n{worker.output()}")
-            await asyncio.sleep(0.05)
+        await worker.wait_until(client, "/channel", lambda answer: answer.json()["connected"])
 
 
-async def warm(client: httpx.AsyncClient, workers: list[Worker], key: str) -> None:
+async def warm(client: httpx.AsyncClient, workers: list[UvicornProcess], key: str) -> None:
     """Each worker verifies `key` and caches the verification."""
     for worker in workers:
         for _ in range(2):
@@ -108,11 +63,11 @@ async def warm(client: httpx.AsyncClient, workers: list[Worker], key: str) -> No
 
 
 async def refusal_delays(
-    client: httpx.AsyncClient, workers: list[Worker], key: str, since: float, limit: float
+    client: httpx.AsyncClient, workers: list[UvicornProcess], key: str, since: float, limit: float
 ) -> list[float]:
     """Seconds from `since` to each worker's first 401 for `key`, polling all at once."""
 
-    async def poll(worker: Worker) -> float:
+    async def poll(worker: UvicornProcess) -> float:
         while True:
             answer = await client.get(worker.url, headers={"X-API-Key": key})
             now = time.perf_counter()

@@ -8,13 +8,7 @@ an hour, cannot roll over during the test).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -22,57 +16,14 @@ import httpx
 import pytest
 
 from apiguard.keys import KeyHasher, KeyManager, open_store
-from tests.servers import free_port
+from tests.processes import uvicorn_processes
 
 from .conftest import PEPPER
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-ROOT = Path(__file__).parent.parent
 WORKERS = 3
 LIMIT = 20
-STARTUP_TIMEOUT = 60.0
-
-
-@contextmanager
-def workers(env: dict[str, str], tmp_path: Path) -> Iterator[list[str]]:
-    processes: list[tuple[subprocess.Popen[bytes], Path]] = []
-    urls = []
-    try:
-        for n in range(WORKERS):
-            port = free_port()
-            log = tmp_path / f"worker-{n}.log"
-            with log.open("wb") as out:
-                processes.append((
-                    subprocess.Popen(  # noqa: S603
-                        [sys.executable, "-m", "uvicorn", "tests.ratelimit_app:app",
-                         "--host", "127.0.0.1", "--port", str(port),
-                         "--log-level", "warning", "--no-access-log"],
-                        cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                    ),
-                    log,
-                ))  # fmt: skip
-            urls.append(f"http://127.0.0.1:{port}")
-        yield urls
-    finally:
-        for process, _ in processes:
-            process.terminate()
-            process.wait(10)
-    for _, log in processes:
-        assert "Traceback" not in log.read_text(), log.read_text()
-
-
-async def wait_ready(client: httpx.AsyncClient, urls: list[str]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    for url in urls:
-        while True:
-            try:
-                if (await client.get(f"{url}/ready")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"{url} did not start"
-            await anyio.sleep(0.05)
 
 
 async def test_one_limit_holds_across_three_workers(
@@ -91,9 +42,11 @@ async def test_one_limit_holds_across_three_workers(
         "APIGUARD_TEST_LIMIT": f"{LIMIT}/hour",
         "APIGUARD_PEPPER": PEPPER,
     }
-    with workers(env, tmp_path) as urls:
+    with uvicorn_processes("tests.ratelimit_app:app", env, tmp_path, WORKERS) as started:
+        urls = [worker.url for worker in started]
         async with httpx.AsyncClient(timeout=30) as client:
-            await wait_ready(client, urls)
+            for worker in started:
+                await worker.wait_until(client, "/ready")
             statuses: Counter[int] = Counter()
 
             async def burst(url: str) -> None:

@@ -10,11 +10,7 @@ shutdown, which writes what is left). The store's totals must equal what was sen
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,66 +20,14 @@ import pytest
 from apiguard.keys import KeyHasher, KeyManager, open_store
 from apiguard.keys.usage import bucket_start
 from apiguard.types import UsageStore
-from tests.servers import free_port
+from tests.processes import UvicornProcess
 
 from .conftest import PEPPER
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).parent.parent
 WORKERS = 3
 SENT = {"alice": 41, "bob": 97, "carol": 160}  # requests per key
-STARTUP_TIMEOUT = 60.0
-
-
-class Worker:
-    """One uvicorn process serving tests/usage_app.py."""
-
-    def __init__(self, store_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {
-            **os.environ,
-            "APIGUARD_TEST_STORE": store_url,
-            "APIGUARD_TEST_FLUSH": "0.05",
-            "APIGUARD_PEPPER": PEPPER,
-        }
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "uvicorn", "tests.usage_app:app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--lifespan", "on", "--log-level", "warning",
-                 "--no-access-log"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        """SIGTERM, as a process manager stops a server; the exit status."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a hung worker
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
-async def wait_serving(client: httpx.AsyncClient, workers: list[Worker]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    for worker in workers:
-        while True:
-            try:
-                if (await client.get(f"{worker.url}/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker on {worker.port} did not start:\n{worker.output()}")
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture(
@@ -108,10 +52,21 @@ async def test_counts_from_several_workers_add_up(
     try:
         manager = KeyManager(store, hasher)
         issued = {name: await manager.create(name) for name in SENT}  # creates the schema
-        started = [Worker(shared_store_url, tmp_path / f"worker-{n}.log") for n in range(WORKERS)]
+        env = {
+            "APIGUARD_TEST_STORE": shared_store_url,
+            "APIGUARD_TEST_FLUSH": "0.05",
+            "APIGUARD_PEPPER": PEPPER,
+        }
+        started = [
+            UvicornProcess(
+                "tests.usage_app:app", env, tmp_path / f"worker-{n}.log", "--lifespan", "on"
+            )
+            for n in range(WORKERS)
+        ]
         try:
             async with httpx.AsyncClient(timeout=30) as client:
-                await wait_serving(client, started)
+                for worker in started:
+                    await worker.wait_until(client, "/health")
                 requests = [
                     (started[n % WORKERS].url, issued[name].key)
                     for name, count in SENT.items()
@@ -126,7 +81,7 @@ async def test_counts_from_several_workers_add_up(
                 statuses = await asyncio.gather(*(send(url, key) for url, key in requests))
                 assert statuses == [200] * len(requests)
         finally:
-            exits = [worker.stop() for worker in started]
+            exits = [worker.stop(timeout=30) for worker in started]
         for worker in started:
             assert "Traceback" not in worker.output(), worker.output()
             assert "could not record key usage" not in worker.output(), worker.output()
