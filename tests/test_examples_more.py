@@ -20,7 +20,8 @@ from apiguard.testing import FakeIssuer, KeyStoreContract
 
 from .server_support import serve
 from .test_examples import ROOT, clean_env, free_port, import_example, wait_until_serving
-from .test_http_clients import IssuerServer, make_pki
+from .test_http_clients import IssuerServer
+from .tls_support import make_pki
 
 
 def bearer(token: str) -> dict[str, str]:

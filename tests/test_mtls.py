@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import ipaddress
 import ssl
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from apiguard.types import ASGIApp, Receive, Scope, Send
 from .dpop_support import CLIENT_KEY, dpop, proof, thumbprint
 from .server_support import serve
 from .test_bearer_middleware import active, make_app
+from .tls_support import make_pki
 from .token_support import TableIntrospector
 
 pytestmark = pytest.mark.anyio
@@ -251,75 +251,13 @@ async def test_unreadable_tls_chain_counts_as_none() -> None:
     assert response.status_code == 401
 
 
-_CA_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=True,
-    crl_sign=True,
-    encipher_only=False,
-    decipher_only=False,
-)
-
-
-def _issue(
-    subject: str, issuer: tuple[x509.Name, Any] | None = None, *, ca: bool = False, ip: bool = False
-) -> tuple[x509.Certificate, Any]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, issuer_key = issuer or (name, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        # Key identifiers and, for a CA, key usage: Python 3.13 verifies strictly
-        # (ssl.VERIFY_X509_STRICT) and refuses certificates without them.
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    )
-    if ca:
-        builder = builder.add_extension(_CA_USAGE, critical=True)
-    if ip:
-        address = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
-        builder = builder.add_extension(x509.SubjectAlternativeName([address]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
-def _write(path: Path, cert: x509.Certificate, key: Any) -> tuple[str, str]:
-    cert_file, key_file = path.with_suffix(".crt"), path.with_suffix(".key")
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_file), str(key_file)
-
-
 def test_uvicorn_tls_does_not_fill_the_tls_extension(tmp_path: Path) -> None:
     """A real uvicorn with TLS and required client certificates: the handshake checks
     the certificate, but uvicorn (0.54) does not pass it to the app in
     `scope["extensions"]["tls"]`, so a certificate-bound token cannot be matched and
     is refused. With uvicorn, terminate TLS at a proxy and use the header route."""
-    ca, ca_key = _issue("test CA", ca=True)
-    server_cert, server_key = _issue("127.0.0.1", (ca.subject, ca_key), ip=True)
-    client_cert, client_key = _issue("client", (ca.subject, ca_key))
-    ca_file, _ = _write(tmp_path / "ca", ca, ca_key)
-    server_files = _write(tmp_path / "server", server_cert, server_key)
-    client_files = _write(tmp_path / "client", client_cert, client_key)
+    pki = make_pki(tmp_path)  # each PEM file holds its certificate, then its key
+    client_cert = x509.load_pem_x509_certificate(Path(pki["client"]).read_bytes())
     pem = client_cert.public_bytes(serialization.Encoding.PEM).decode()
     table = TableIntrospector()
     table.answers["bound"] = active(cnf={"x5t#S256": certificate_thumbprint(pem)})
@@ -334,14 +272,13 @@ def test_uvicorn_tls_does_not_fill_the_tls_extension(tmp_path: Path) -> None:
         await guarded(scope, receive, send)
 
     options: dict[str, Any] = {
-        "ssl_certfile": server_files[0],
-        "ssl_keyfile": server_files[1],
-        "ssl_ca_certs": ca_file,
+        "ssl_certfile": pki["server"],
+        "ssl_ca_certs": pki["ca"],
         "ssl_cert_reqs": ssl.CERT_REQUIRED,
     }
-    context = ssl.create_default_context(cafile=ca_file)
-    context.load_cert_chain(*client_files)
-    anonymous = ssl.create_default_context(cafile=ca_file)
+    context = ssl.create_default_context(cafile=pki["ca"])
+    context.load_cert_chain(pki["client"])
+    anonymous = ssl.create_default_context(cafile=pki["ca"])
     with serve(app, **options) as port:
         url = f"https://127.0.0.1:{port}/"
         response = httpx.get(url, headers={"authorization": "Bearer bound"}, verify=context)
