@@ -7,14 +7,18 @@ suite would pass CI without proving anything.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -147,3 +151,24 @@ def authorization_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def port() -> int:
+    """A free loopback port, for an app the test serves itself."""
+    return free_port()
+
+
+@contextmanager
+def mcp_example(
+    module: str, server: AuthorizationServer, port: int, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ModuleType]:
+    """`module` (an MCP server example) imported anew, for `server`'s tokens and the
+    resource `http://127.0.0.1:<port>/mcp`; forgotten again on exit."""
+    monkeypatch.setenv("OAUTH_ISSUER", server.issuer)
+    monkeypatch.setenv("MCP_RESOURCE", f"http://127.0.0.1:{port}/mcp")
+    sys.modules.pop(module, None)
+    try:
+        yield importlib.import_module(module)
+    finally:
+        sys.modules.pop(module, None)

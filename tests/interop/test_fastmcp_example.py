@@ -6,7 +6,6 @@ and the scopes, tokens only for this server)."""
 from __future__ import annotations
 
 import importlib
-import socket
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -18,28 +17,17 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from ..server_support import serve
-from .conftest import API, AuthorizationServer
+from .conftest import API, AuthorizationServer, mcp_example
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free: int = sock.getsockname()[1]
-        return free
 
 
 @pytest.fixture
 def example(
     authorization_server: AuthorizationServer, port: int, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ModuleType]:
-    monkeypatch.setenv("OAUTH_ISSUER", authorization_server.issuer)
-    monkeypatch.setenv("MCP_RESOURCE", f"http://127.0.0.1:{port}/mcp")
-    sys.modules.pop("examples.fastmcp_server", None)
-    yield importlib.import_module("examples.fastmcp_server")
-    sys.modules.pop("examples.fastmcp_server", None)
+    with mcp_example("examples.fastmcp_server", authorization_server, port, monkeypatch) as module:
+        yield module
 
 
 async def test_fastmcp_example(

@@ -4,7 +4,6 @@ authorization server and the MCP Python SDK's own client."""
 from __future__ import annotations
 
 import importlib
-import socket
 import sys
 from collections.abc import Generator, Iterator
 from types import ModuleType
@@ -17,7 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ..dpop_support import CLIENT_KEY, OTHER_KEY, proof
 from ..server_support import serve
-from .conftest import AuthorizationServer
+from .conftest import AuthorizationServer, mcp_example
 from .test_sender_constrained import DPOP_CLIENT
 
 pytestmark = pytest.mark.anyio
@@ -39,22 +38,11 @@ class DPoPAuth(httpx2.Auth):
 
 
 @pytest.fixture
-def port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free: int = sock.getsockname()[1]
-        return free
-
-
-@pytest.fixture
 def example(
     authorization_server: AuthorizationServer, port: int, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ModuleType]:
-    monkeypatch.setenv("OAUTH_ISSUER", authorization_server.issuer)
-    monkeypatch.setenv("MCP_RESOURCE", f"http://127.0.0.1:{port}/mcp")
-    sys.modules.pop("examples.mcp_server", None)
-    yield importlib.import_module("examples.mcp_server")
-    sys.modules.pop("examples.mcp_server", None)
+    with mcp_example("examples.mcp_server", authorization_server, port, monkeypatch) as module:
+        yield module
 
 
 def token_for(server: AuthorizationServer, resource: str) -> str:
