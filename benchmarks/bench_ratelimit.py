@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,44 +25,12 @@ from tests.servers import RedisServer
 from apiguard import APIKeyMiddleware
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.ratelimit import RateLimits
-from apiguard.types import ASGIApp, Message, Scope
-
-PEPPER = "benchmark-pepper-0123456789abcdefghijklmnop"
+from apiguard.types import ASGIApp
+from benchmarks.bench_apikey import PEPPER, run, scope_for
 
 
 async def hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
-
-
-def scope_for(key: str) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"api.example"), (b"x-api-key", key.encode())],
-        "client": ("127.0.0.1", 40000),
-        "server": ("api.example", 80),
-    }
-
-
-async def run(app: ASGIApp, scope: Scope, requests: int) -> float:
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            assert message["status"] == 200, message
-
-    start = time.perf_counter()
-    for _ in range(requests):
-        await app(dict(scope), receive, send)
-    return (time.perf_counter() - start) / requests * 1e6
 
 
 async def main() -> None:
@@ -95,7 +62,7 @@ async def main() -> None:
             await run(each, scope, 50)
         for _ in range(args.rounds):
             for name, each in variants.items():
-                times[name].append(await run(each, scope, args.requests))
+                times[name].append(await run(each, scope, args.requests) * 1e6)
     finally:
         for policy in policies.values():
             await policy.aclose()
