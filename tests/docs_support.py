@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from apiguard.cli import main
+from apiguard.exceptions import AuthError
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -84,3 +85,15 @@ def unknown_cli_words(words: list[str]) -> set[str]:
     options = {opt for param in command.params for opt in param.opts}
     options |= {"--help", "--version"}
     return {arg.split("=")[0] for arg in args if arg.startswith("--")} - options
+
+
+def refusal_classes() -> list[type[AuthError]]:
+    """Every refusal apiguard raises: the subclasses of `AuthError` it defines."""
+    found: list[type[AuthError]] = []
+    pending: list[type[AuthError]] = [AuthError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__ == "apiguard.exceptions" and cls is not AuthError:
+            found.append(cls)
+    return found

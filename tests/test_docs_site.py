@@ -49,6 +49,7 @@ from .docs_support import (
     cli_lines,
     expand_snippets,
     fenced_blocks,
+    refusal_classes,
     unknown_cli_words,
 )
 
@@ -328,16 +329,6 @@ def test_the_api_reference_has_one_page_per_public_module() -> None:
     for module, path in documented.items():
         assert __import__(module, fromlist=["__all__"]).__all__, module
         assert f"{module}: {path}" in nav
-
-
-def refusal_classes() -> list[type[AuthError]]:
-    found, pending = [], [AuthError]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if cls.__module__ == "apiguard.exceptions" and cls is not AuthError:
-            found.append(cls)
-    return found
 
 
 @pytest.mark.parametrize("error", refusal_classes(), ids=lambda cls: cls.__name__)

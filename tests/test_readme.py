@@ -33,7 +33,7 @@ from apiguard.keys.verifier import KeyVerifier
 from apiguard.tokens import JWTIntrospector, RemoteIntrospector, TrustedIssuer
 
 from .conftest import PEPPER, MakeClient
-from .docs_support import cli_lines, unknown_cli_words
+from .docs_support import cli_lines, refusal_classes, unknown_cli_words
 from .test_examples import clean_env, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,17 +184,6 @@ def test_every_option_is_documented(owner: str, names: set[str]) -> None:
     spans = re.findall(r"`([^`]+)`", BLOCK.sub("", README))
     missing = {n for n in names if not any(re.search(rf"\b{n}\b", span) for span in spans)}
     assert not missing, f"{owner} options missing from the README: {sorted(missing)}"
-
-
-def refusal_classes() -> list[type[AuthError]]:
-    found: list[type[AuthError]] = []
-    pending: list[type[AuthError]] = [AuthError]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if cls.__module__ == "apiguard.exceptions" and cls is not AuthError:
-            found.append(cls)
-    return found
 
 
 @pytest.mark.parametrize("error", refusal_classes(), ids=lambda cls: cls.__name__)
