@@ -84,6 +84,15 @@ def version_1_row() -> dict[str, object]:
     return row
 
 
+def make_version_1(conn: sa.Connection) -> None:
+    """A database as version 1 left it: one key, and keys version 1 recorded."""
+    v1 = version_1_keys_table()
+    v1.create(conn)
+    schema_table.create(conn)
+    conn.execute(sa.insert(v1).values(version_1_row()))
+    conn.execute(sa.insert(schema_table).values(component="keys", version=1))
+
+
 async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> None:
     """A database made before the version table keeps its keys, is recorded as version 1
     and upgraded from there."""
@@ -98,14 +107,6 @@ async def test_a_keys_table_from_before_versions_is_version_1(sql_url: str) -> N
 async def test_version_1_is_upgraded_to_hold_rate_limits_and_quotas(sql_url: str) -> None:
     """Upgrade 1 -> 2 adds `rate_limit` and `quota`: old keys read back without them,
     and new limits can be stored on them."""
-    v1 = version_1_keys_table()
-
-    def make_version_1(conn: sa.Connection) -> None:
-        v1.create(conn)
-        schema_table.create(conn)
-        conn.execute(sa.insert(v1).values(version_1_row()))
-        conn.execute(sa.insert(schema_table).values(component="keys", version=1))
-
     await run_sql(sql_url, make_version_1)
     async with SQLKeyStore.from_url(sql_url) as store:
         old = await store.get("K" * 12)
@@ -122,14 +123,6 @@ async def test_version_1_is_upgraded_to_hold_rate_limits_and_quotas(sql_url: str
 async def test_a_database_without_the_usage_table_gets_it_on_open(sql_url: str) -> None:
     """A database made before request counts (keys version 1 recorded, no usage table)
     gets the usage table, recorded as its own component, and counts at once."""
-    v1 = version_1_keys_table()
-
-    def make_version_1(conn: sa.Connection) -> None:
-        v1.create(conn)
-        schema_table.create(conn)
-        conn.execute(sa.insert(v1).values(version_1_row()))
-        conn.execute(sa.insert(schema_table).values(component="keys", version=1))
-
     await run_sql(sql_url, make_version_1)
     day = bucket_start(datetime.now(timezone.utc) - timedelta(days=2), "day")
     async with SQLKeyStore.from_url(sql_url) as store:
