@@ -26,5 +26,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from apiguard.fastapi._dependencies import current_principal, require_scopes
 from apiguard.fastapi._guard import Guard, GuardRefusal, install
+from apiguard.fastapi._route import ScopedRoute
 
-__all__ = ["Guard", "GuardRefusal", "current_principal", "install", "require_scopes"]
+__all__ = [
+    "Guard",
+    "GuardRefusal",
+    "ScopedRoute",
+    "current_principal",
+    "install",
+    "require_scopes",
+]
