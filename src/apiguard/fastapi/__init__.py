@@ -7,6 +7,9 @@
 
     @app.post("/items", dependencies=[require_scopes("items:write")])
 
+Routes declared after `install` are `ScopedRoute`s, which check `require_scopes`
+without FastAPI's dependency machinery; other routers take `route_class=ScopedRoute`.
+
 Without the middleware, per route: `Guard(...).install(app, middleware=False)` and
 `APIRouter(dependencies=[Depends(guard)])`. See docs/fastapi.md.
 
