@@ -108,6 +108,7 @@ def test_public_api_is_pinned() -> None:
     assert apiguard.fastapi.__all__ == [
         "Guard",
         "GuardRefusal",
+        "ScopedRoute",
         "current_principal",
         "install",
         "require_scopes",

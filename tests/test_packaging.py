@@ -23,6 +23,7 @@ OPTIONAL: dict[str, str] = {
     "fastapi/_dependencies.py": "fastapi",
     "fastapi/_guard.py": "fastapi",
     "fastapi/_openapi.py": "fastapi",
+    "fastapi/_route.py": "fastapi",
     "keys/redis.py": "redis",
     "keys/sql.py": "sqlite",
     "keys/_sql_usage.py": "sqlite",

@@ -7,6 +7,9 @@
 
     @app.post("/items", dependencies=[require_scopes("items:write")])
 
+Routes declared after `install` are `ScopedRoute`s, which check `require_scopes`
+without FastAPI's dependency machinery; other routers take `route_class=ScopedRoute`.
+
 Without the middleware, per route: `Guard(...).install(app, middleware=False)` and
 `APIRouter(dependencies=[Depends(guard)])`. See docs/fastapi.md.
 
@@ -26,5 +29,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from apiguard.fastapi._dependencies import current_principal, require_scopes
 from apiguard.fastapi._guard import Guard, GuardRefusal, install
+from apiguard.fastapi._route import ScopedRoute
 
-__all__ = ["Guard", "GuardRefusal", "current_principal", "install", "require_scopes"]
+__all__ = [
+    "Guard",
+    "GuardRefusal",
+    "ScopedRoute",
+    "current_principal",
+    "install",
+    "require_scopes",
+]

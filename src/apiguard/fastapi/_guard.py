@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import BackgroundTasks, FastAPI
+from fastapi.routing import APIRoute
 from fastapi.security import SecurityScopes
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
@@ -20,6 +21,7 @@ from apiguard._core import Authenticator, AuthMiddleware, Refused, identify, obs
 from apiguard.authenticators import APIKeyAuth
 from apiguard.exceptions import ApiGuardError, ConfigurationError
 from apiguard.fastapi._openapi import Description, complete
+from apiguard.fastapi._route import ScopedRoute
 from apiguard.policies import ScopeRules, _with_head, check_scopes
 from apiguard.principal import Principal
 from apiguard.tokens._http import check_url
@@ -150,6 +152,10 @@ class Guard:
     def install(self, app: FastAPI, *, middleware: bool = True) -> None:
         """Guard `app` and document it.
 
+        The app's routes declared from then on are `ScopedRoute`s (unless the app
+        has a route class of its own): their `require_scopes` dependencies are
+        checked without FastAPI's dependency machinery.
+
         Args:
             app: The FastAPI app.
             middleware: Add apiguard's middleware (every route not excluded needs a
@@ -162,6 +168,8 @@ class Guard:
             raise ConfigurationError("a guard is installed once, on one app")
         app.state.apiguard_guard = self
         app.add_exception_handler(GuardRefusal, _answer_refusal)
+        if app.router.route_class is APIRoute:  # a route class of the app's own is kept
+            app.router.route_class = ScopedRoute  # for the routes declared from now on
         self._middleware = middleware
         exclude = list(self._options.get("exclude_paths", ()))
         if middleware:
