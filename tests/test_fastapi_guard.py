@@ -22,7 +22,7 @@ from apiguard import (
     ScopeRules,
     UsageOptions,
 )
-from apiguard.fastapi import Guard
+from apiguard.fastapi import Guard, require_scopes
 from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.tokens import TokenInfo
 
@@ -140,6 +140,40 @@ async def test_refusals_are_the_middlewares(
         got = await per_route.request(method, "/items", headers=headers)
         expected = await reference.request(method, "/items", headers=headers)
     assert got.status_code == status
+    same(got, expected)
+
+
+@pytest.mark.parametrize("credential", ["key", "token"])
+async def test_a_route_scope_check_after_the_guard_is_answered_like_the_middlewares(
+    setup: Setup, make_client: MakeClient, credential: str
+) -> None:
+    """`require_scopes` after a per-route guard: 403 with the scheme of the credential used."""
+    reader = await reader_key(setup)
+    headers = (
+        {"X-API-Key": reader.key} if credential == "key" else {"Authorization": "Bearer reader"}
+    )
+
+    def app(*, middleware: bool) -> FastAPI:
+        guard = Guard(*setup.authenticators(), realm="shop")
+        application = FastAPI()
+        guard.install(application, middleware=middleware)
+
+        @application.delete("/items", dependencies=[Depends(guard), require_scopes("admin")])
+        async def clear() -> dict[str, str]:
+            return {"cleared": "yes"}
+
+        return application
+
+    async with (
+        make_client(app(middleware=False)) as per_route,
+        make_client(app(middleware=True)) as reference,
+    ):
+        got = await per_route.delete("/items", headers=headers)
+        expected = await reference.delete("/items", headers=headers)
+    assert got.status_code == 403
+    scheme = "ApiKey" if credential == "key" else "Bearer"
+    assert got.headers["www-authenticate"].startswith(f"{scheme} ")
+    assert 'error="insufficient_scope"' in got.headers["www-authenticate"]
     same(got, expected)
 
 

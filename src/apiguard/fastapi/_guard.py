@@ -19,7 +19,7 @@ from starlette.responses import Response
 from apiguard._challenge import ErrorResponder
 from apiguard._core import Authenticator, AuthMiddleware, Refused, identify, observer
 from apiguard.authenticators import APIKeyAuth
-from apiguard.exceptions import ApiGuardError, ConfigurationError
+from apiguard.exceptions import ApiGuardError, AuthError, ConfigurationError
 from apiguard.fastapi._openapi import Description, complete
 from apiguard.fastapi._route import ScopedRoute
 from apiguard.policies import ScopeRules, _with_head, check_scopes
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["Guard", "GuardRefusal", "install"]
 
 logger = logging.getLogger("apiguard.fastapi")
+
+# Where a per-route `Guard` leaves the challenge scheme of the credential it checked,
+# for a later route-level refusal (`require_scopes`) of the same request.
+_SCHEME = "apiguard.scheme"
 
 
 class GuardRefusal(HTTPException):
@@ -168,6 +172,8 @@ class Guard:
             raise ConfigurationError("a guard is installed once, on one app")
         app.state.apiguard_guard = self
         app.add_exception_handler(GuardRefusal, _answer_refusal)
+        if not middleware:  # route-level refusals have no middleware to answer them
+            app.add_exception_handler(AuthError, self._answer_route_refusal)
         if app.router.route_class is APIRoute:  # a route class of the app's own is kept
             app.router.route_class = ScopedRoute  # for the routes declared from now on
         self._middleware = middleware
@@ -193,6 +199,14 @@ class Guard:
         app.openapi = openapi  # type: ignore[method-assign]
         if self._issuer is not None:
             _on_startup(app, self._discover_token_url(app))
+
+    async def _answer_route_refusal(self, request: Request, exc: Exception) -> Response:
+        """Answer a refusal raised after the guard let the caller in (`require_scopes`)."""
+        assert isinstance(exc, AuthError)  # noqa: S101 - registered for this type only
+        scope = request.scope
+        scheme = scope.get(_SCHEME) or self._authenticators[0].scheme
+        error = self._observer.refused(exc, scope, scheme, None)
+        return await self._responder.response(error, scheme, scope, request.receive)
 
     def _is_self(self, call: object) -> bool:
         return call is self
@@ -317,6 +331,7 @@ class Guard:
             await self._flush()
             raise GuardRefusal(error, scheme, self._responder) from None
         scope["user"], scope["auth"] = grant
+        scope[_SCHEME] = (used or self._authenticators[0]).scheme
         self._observer.allowed(trace, scope, grant[0])
         if any(keeper.pending for keeper in self._bookkeeping):
             background_tasks.add_task(self._flush)  # after the response is sent
