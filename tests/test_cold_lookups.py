@@ -1,0 +1,155 @@
+"""Cold key lookups: concurrent lookups batched into one store round trip, every store
+answering a burst of new keys, and the default hash checked without passlib's parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+import anyio
+import pytest
+
+from apiguard import BackendUnavailableError
+from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
+from apiguard.keys._batch import LookupBatcher
+from apiguard.keys.format import parse_key
+from apiguard.keys.hashing import DEFAULT_SCHEME
+from apiguard.testing import make_record
+from apiguard.types import KeyStore
+from tests.conftest import PEPPER
+
+pytestmark = pytest.mark.anyio
+
+
+class Fetcher:
+    """A `fetch` that records each batch of ids, and may be held or made to fail."""
+
+    def __init__(self, known: set[str]) -> None:
+        self.known = known
+        self.batches: list[list[str]] = []
+        self.gate: asyncio.Event | None = None
+        self.error: Exception | None = None
+
+    async def __call__(self, ids: list[str]) -> Mapping[str, str]:
+        self.batches.append(ids)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return {key_id: f"record of {key_id}" for key_id in ids if key_id in self.known}
+
+
+async def test_concurrent_lookups_of_different_keys_share_one_fetch() -> None:
+    fetch = Fetcher({f"id{n}" for n in range(0, 50, 2)})
+    batcher = LookupBatcher(fetch)
+    found = await asyncio.gather(*(batcher.get(f"id{n}") for n in range(50)))
+    assert found == [f"record of id{n}" if n % 2 == 0 else None for n in range(50)]
+    assert fetch.batches == [[f"id{n}" for n in range(50)]]
+
+
+async def test_lookups_arriving_during_a_fetch_go_together_in_the_next() -> None:
+    fetch = Fetcher({"a", "b", "c"})
+    fetch.gate = asyncio.Event()
+    batcher = LookupBatcher(fetch)
+    first = asyncio.ensure_future(batcher.get("a"))
+    await anyio.wait_all_tasks_blocked()
+    later = [asyncio.ensure_future(batcher.get(key_id)) for key_id in ("b", "c", "b")]
+    await anyio.wait_all_tasks_blocked()
+    fetch.gate.set()
+    assert await first == "record of a"
+    assert [await f for f in later] == ["record of b", "record of c", "record of b"]
+    assert fetch.batches == [["a"], ["b", "c"]]
+
+
+async def test_batches_are_bounded() -> None:
+    fetch = Fetcher(set())
+    batcher = LookupBatcher(fetch, max_batch=3)
+    await asyncio.gather(*(batcher.get(f"id{n}") for n in range(7)))
+    assert [len(ids) for ids in fetch.batches] == [3, 3, 1]
+
+
+async def test_a_caller_that_gives_up_does_not_cut_the_fetch_for_the_others() -> None:
+    fetch = Fetcher({"a", "b"})
+    fetch.gate = asyncio.Event()
+    batcher = LookupBatcher(fetch)
+    other = asyncio.ensure_future(batcher.get("b"))
+    with anyio.move_on_after(0.01):
+        await batcher.get("a")
+    fetch.gate.set()
+    assert await other == "record of b"
+    assert [sorted(ids) for ids in fetch.batches] == [["a", "b"]]
+
+
+async def test_a_failed_fetch_fails_its_callers_and_not_the_next() -> None:
+    fetch = Fetcher({"a"})
+    fetch.error = BackendUnavailableError("key store unavailable: OSError")
+    batcher = LookupBatcher(fetch)
+    outcomes = await asyncio.gather(batcher.get("a"), batcher.get("b"), return_exceptions=True)
+    assert all(isinstance(o, BackendUnavailableError) for o in outcomes)
+    fetch.error = None
+    assert await batcher.get("a") == "record of a"
+
+
+async def test_closing_cancels_the_lookups_under_way() -> None:
+    fetch = Fetcher({"a"})
+    fetch.gate = asyncio.Event()
+    batcher = LookupBatcher(fetch)
+    pending = asyncio.ensure_future(batcher.get("a"))
+    await anyio.wait_all_tasks_blocked()
+    await batcher.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+
+
+async def test_every_store_answers_a_burst_of_new_keys(store: KeyStore) -> None:
+    """300 lookups at once: more than redis-py's 100 pooled connections, and more
+    than SQLAlchemy's pool; each gets its own record, or `None`."""
+    ids = [f"burst{n:07d}" for n in range(300)]
+    for key_id in ids[::3]:
+        await store.add(make_record(key_id, name=f"owner of {key_id}"))
+    found = await asyncio.gather(*(store.get(key_id) for key_id in ids))
+    for n, (key_id, record) in enumerate(zip(ids, found, strict=True)):
+        if n % 3 == 0:
+            assert record == make_record(key_id, name=f"owner of {key_id}")
+        else:
+            assert record is None
+
+
+async def test_a_lookup_cut_off_by_a_deadline_leaves_the_store_working(store: KeyStore) -> None:
+    await store.add(make_record("cut000000000"))
+    with anyio.move_on_after(0):
+        await store.get("cut000000000")
+    assert await store.get("cut000000000") == make_record("cut000000000")
+
+
+async def test_an_issued_key_verifies_against_its_stored_hash() -> None:
+    hasher = KeyHasher(PEPPER)
+    issued = await KeyManager(MemoryKeyStore(), hasher).create("alice")
+    stored = issued.record.secret_hash
+    secret = parse_key(issued.key).secret
+    assert hasher.is_fast(stored)
+    assert hasher.verify(secret, stored) == (True, None)
+    assert hasher.verify(issued.key, stored) == (False, None)  # the whole key is not the secret
+    assert KeyHasher("another-pepper-0123456789abcdef-xyz").verify(secret, stored) == (False, None)
+
+
+@pytest.mark.parametrize(
+    "checksum",
+    ["", "0" * 63, "G" * 64, "é" * 64, "\x00" * 64],
+    ids=["empty", "short", "not-hex", "non-ascii", "nul"],
+)
+def test_a_malformed_default_hash_matches_nothing(checksum: str) -> None:
+    hasher = KeyHasher(PEPPER)
+    assert hasher.verify("secret", f"$hmac-sha256${checksum}") == (False, None)
+
+
+def test_the_default_hash_is_an_hmac_of_the_secret_under_the_pepper() -> None:
+    hasher = KeyHasher(PEPPER)
+    digest = hmac.new(PEPPER.encode(), b"s3cret", hashlib.sha256).hexdigest()
+    assert hasher.hash("s3cret") == f"$hmac-sha256${digest}"
+    assert hasher.verify("s3cret", f"$hmac-sha256${digest}") == (True, None)
+    assert hasher.verify("s3creT", f"$hmac-sha256${digest}") == (False, None)
+    assert hasher.verify("s3cret", f"$hmac-sha256${digest.upper()}") == (False, None)
+    assert DEFAULT_SCHEME == "apiguard_hmac_sha256"
