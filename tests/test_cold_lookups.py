@@ -12,10 +12,11 @@ import anyio
 import pytest
 
 from apiguard import BackendUnavailableError
-from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
+from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, MemoryKeyStore
 from apiguard.keys._batch import LookupBatcher
 from apiguard.keys.format import parse_key
 from apiguard.keys.hashing import DEFAULT_SCHEME
+from apiguard.keys.record import EMPTY_METADATA
 from apiguard.testing import make_record
 from apiguard.types import KeyStore
 from tests.conftest import PEPPER
@@ -153,3 +154,28 @@ def test_the_default_hash_is_an_hmac_of_the_secret_under_the_pepper() -> None:
     assert hasher.verify("s3creT", f"$hmac-sha256${digest}") == (False, None)
     assert hasher.verify("s3cret", f"$hmac-sha256${digest.upper()}") == (False, None)
     assert DEFAULT_SCHEME == "apiguard_hmac_sha256"
+
+
+async def test_cached_keys_share_their_scope_sets_and_empty_metadata(store: KeyStore) -> None:
+    """What makes a cached key cost well under a kilobyte: keys granting the same
+    scopes share one scope set and one `AuthCredentials`, and keys without metadata
+    one empty mapping."""
+    hasher = KeyHasher(PEPPER)
+    manager = KeyManager(store, hasher)
+    first, second, other = [
+        await manager.create(name, scopes=scopes)
+        for name, scopes in (("a", ["x", "y"]), ("b", ["y", "x"]), ("c", ["x"]))
+    ]
+    verifier = KeyVerifier(store, hasher)
+    (p1, c1), (p2, c2), (p3, c3) = [
+        await verifier.verify(issued.key.encode()) for issued in (first, second, other)
+    ]
+    assert p1.scopes == p2.scopes == {"x", "y"}
+    assert p3.scopes == {"x"}
+    assert p1.scopes is p2.scopes
+    assert c1 is c2
+    assert c1.scopes == ["x", "y"]
+    assert c3.scopes == ["x"]
+    assert p1.metadata is p2.metadata is p3.metadata is EMPTY_METADATA
+    assert dict(p1.metadata) == {}
+    assert dict(p1.claims) == {}

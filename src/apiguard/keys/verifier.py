@@ -30,7 +30,7 @@ from apiguard.exceptions import (
 from apiguard.keys.channel import ALL_KEYS, InvalidationChannel
 from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
-from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.keys.record import EMPTY_METADATA, KeyRecord, utcnow
 from apiguard.principal import Grant, Principal
 from apiguard.types import KeyStore
 
@@ -42,6 +42,7 @@ logger = logging.getLogger("apiguard.keys")
 # Cache keys are BLAKE2s-256 digests of the presented key, never the key itself;
 # BLAKE2s costs about half of SHA-256 on a short input, and this runs per request.
 _digest = hashlib.blake2s
+MAX_SCOPE_SETS = 1024  # distinct scope sets shared by the cached grants
 
 
 class KeyVerifier:
@@ -98,6 +99,7 @@ class KeyVerifier:
         self._clock = clock
         self._backoff = Backoff(clock=clock)
         self._new_hashes: dict[str, str] = {}
+        self._scopes = _SharedScopes()
         self._flushing = False
         self.pending = False
         """Whether bookkeeping writes wait for `flush()`."""
@@ -185,7 +187,7 @@ class KeyVerifier:
         if status != "active":
             self._refuse(digest, parsed.key_id, status, generation)
 
-        grant = _grant(record)
+        grant = self._scopes.grant(record)
         lifetime = trust_for = None
         if record.expires_at is not None:
             lifetime = (record.expires_at - wall_now).total_seconds()
@@ -264,15 +266,35 @@ def _describe(grant: Grant) -> str:
     return f"key_id={grant[0].key_id or ''}"
 
 
-def _grant(record: KeyRecord) -> Grant:
-    principal = Principal(
-        identity=record.key_id,
-        kind="api_key",
-        name=record.name,
-        scopes=record.scopes,
-        key_id=record.key_id,
-        metadata=record.metadata,
-        rate_limit=record.rate_limit,
-        quota=record.quota,
-    )
-    return principal, AuthCredentials(sorted(record.scopes))
+class _SharedScopes:
+    """One scope set and one `AuthCredentials` per distinct set of scopes.
+
+    Keys mostly grant a few sets of scopes: sharing them, with the one empty
+    mapping of metadata, keeps a cached key well under a kilobyte. At most
+    `MAX_SCOPE_SETS` sets are kept; others are not shared.
+    """
+
+    __slots__ = ("_sets",)
+
+    def __init__(self) -> None:
+        self._sets: dict[frozenset[str], tuple[frozenset[str], AuthCredentials]] = {}
+
+    def grant(self, record: KeyRecord) -> Grant:
+        shared = self._sets.get(record.scopes)
+        if shared is None:
+            shared = (record.scopes, AuthCredentials(sorted(record.scopes)))
+            if len(self._sets) < MAX_SCOPE_SETS:
+                self._sets[record.scopes] = shared
+        scopes, credentials = shared
+        principal = Principal(
+            identity=record.key_id,
+            kind="api_key",
+            name=record.name,
+            scopes=scopes,
+            key_id=record.key_id,
+            metadata=record.metadata or EMPTY_METADATA,
+            claims=EMPTY_METADATA,
+            rate_limit=record.rate_limit,
+            quota=record.quota,
+        )
+        return principal, credentials
