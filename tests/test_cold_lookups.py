@@ -13,10 +13,12 @@ import pytest
 
 from apiguard import BackendUnavailableError
 from apiguard.keys import KeyHasher, KeyManager, KeyVerifier, MemoryKeyStore
+from apiguard.keys._argon2 import verify_single_threaded
 from apiguard.keys._batch import LookupBatcher
 from apiguard.keys.format import parse_key
 from apiguard.keys.hashing import DEFAULT_SCHEME
 from apiguard.keys.record import EMPTY_METADATA
+from apiguard.keys.verifier import slow_hash_threads
 from apiguard.testing import make_record
 from apiguard.types import KeyStore
 from tests.conftest import PEPPER
@@ -179,3 +181,72 @@ async def test_cached_keys_share_their_scope_sets_and_empty_metadata(store: KeyS
     assert p1.metadata is p2.metadata is p3.metadata is EMPTY_METADATA
     assert dict(p1.metadata) == {}
     assert dict(p1.claims) == {}
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        {"type": "ID"},
+        {"type": "I"},
+        {"type": "D", "parallelism": 3},
+        {"type": "ID", "parallelism": 1},
+    ],
+    ids=["argon2id", "argon2i", "argon2d-p3", "argon2id-p1"],
+)
+def test_argon2_hashes_verify_as_passlib_does_and_migrate(scheme: dict[str, object]) -> None:
+    """Imported argon2 hashes, whatever their variant and parallelism, are verified
+    (computed in one thread) with passlib's verdict, and migrated on success."""
+    from passlib.hash import argon2
+
+    hasher = KeyHasher(PEPPER)
+    kind = str(scheme["type"]).lower()
+    stored = argon2.using(
+        type=kind, memory_cost=256, rounds=1, parallelism=scheme.get("parallelism", 4)
+    ).hash("imported secret")
+    assert verify_single_threaded("imported secret", stored) is True
+    assert verify_single_threaded("imported secreT", stored) is False
+    ok, new_hash = hasher.verify("imported secret", stored)
+    assert ok is True
+    assert new_hash is not None
+    assert hasher.verify("imported secret", new_hash) == (True, None)
+    assert hasher.verify("imported secreT", stored) == (False, None)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$",  # no checksum
+        "$argon2id$v=19$m=99999999999,t=3,p=4$c2FsdHNhbHQ$YWJjZGVmZ2g",  # absurd memory
+        "$argon2id$v=19$m=65536,t=3,p=0$c2FsdHNhbHQ$YWJjZGVmZ2g",  # no lanes
+        "$argon2id$v=19$m=64,t=1,p=1$c2Fs$YWJjZGVmZ2g",  # salt too short
+        "$argon2id$v=7$m=64,t=1,p=1$c2FsdHNhbHQ$YWJjZGVmZ2g",  # unknown version
+        "$argon2x$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$YWJjZGVmZ2g",  # unknown variant
+    ],
+)
+def test_argon2_hashes_it_cannot_read_are_left_to_passlib(stored: str) -> None:
+    """Nothing is computed from a hash out of bounds; passlib refuses it (no match)."""
+    assert verify_single_threaded("secret", stored) is None
+    assert KeyHasher(PEPPER).verify("secret", stored) == (False, None)
+
+
+def test_argon2_is_not_accepted_unless_asked_for() -> None:
+    from passlib.hash import argon2
+
+    stored = argon2.using(memory_cost=256, rounds=1).hash("imported secret")
+    assert KeyHasher(PEPPER, accept=["bcrypt_sha256"]).verify("imported secret", stored) == (
+        False,
+        None,
+    )
+
+
+def test_slow_hash_threads_leave_the_event_loop_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for cores, threads in ((1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(os, "process_cpu_count", lambda n=cores: n, raising=False)
+        assert slow_hash_threads() == threads
+    monkeypatch.setattr(os, "process_cpu_count", lambda: None, raising=False)
+    assert slow_hash_threads() == 1
+    monkeypatch.delattr(os, "process_cpu_count", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert slow_hash_threads() == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Collection
 from typing import NoReturn
@@ -45,6 +46,22 @@ _digest = hashlib.blake2s
 MAX_SCOPE_SETS = 1024  # distinct scope sets shared by the cached grants
 
 
+def slow_hash_threads() -> int:
+    """The default `slow_hash_concurrency`: the cores available to this process, less one.
+
+    The cores this process may run on (its CPU affinity, as `taskset` or a container
+    set it), not the machine's; at least one.
+    """
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13
+    if counter is not None:
+        cores = counter()
+    elif hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS and Windows before Python 3.13
+        cores = os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
 class KeyVerifier:
     """Verifies presented API keys against a store, caching the outcome.
 
@@ -55,6 +72,8 @@ class KeyVerifier:
         cache: Cache sizes and lifetimes.
         slow_hash_concurrency: How many slow (imported) hashes may be verified at once
             in worker threads; bounds the work a flood of forged keys can cause.
+            By default one fewer than the cores this process may run on (at least
+            one), so that the event loop keeps a core while they run.
         slow_hash_queue: How many slow hash verifications may wait or run at once;
             beyond it requests that need one get 503 at once instead of queueing.
         slow_hash_per_key: The same, per key id, so that forged secrets for one
@@ -74,12 +93,14 @@ class KeyVerifier:
         *,
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
-        slow_hash_concurrency: int = 2,
+        slow_hash_concurrency: int | None = None,
         slow_hash_queue: int = 32,
         slow_hash_per_key: int = 4,
         deadline: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if slow_hash_concurrency is None:
+            slow_hash_concurrency = slow_hash_threads()
         if min(slow_hash_concurrency, slow_hash_queue, slow_hash_per_key) < 1 or deadline <= 0:
             raise ConfigurationError(
                 "slow hash limits must be at least 1 and the deadline must be positive"
