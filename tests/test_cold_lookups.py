@@ -250,3 +250,34 @@ def test_slow_hash_threads_leave_the_event_loop_a_core(monkeypatch: pytest.Monke
     monkeypatch.delattr(os, "process_cpu_count", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert slow_hash_threads() == 2
+
+
+async def test_other_sql_databases_read_through_sqlalchemy_in_one_query() -> None:
+    """In-memory SQLite (one connection for the whole engine) has no file for a
+    connection of its own: lookups go through SQLAlchemy, still batched."""
+    from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import StaticPool
+
+    from apiguard.keys.sql import SQLKeyStore
+
+    engine = create_async_engine("sqlite+aiosqlite://", poolclass=StaticPool)
+    selects: list[str] = []
+    event.listen(
+        engine.sync_engine,
+        "before_cursor_execute",
+        lambda *args: selects.append(args[2]) if "FROM apiguard_keys" in args[2] else None,
+    )
+    store = SQLKeyStore(engine)
+    try:
+        for n in range(0, 20, 2):
+            await store.add(make_record(f"memory{n:06d}", name=f"n{n}"))
+        selects.clear()
+        found = await asyncio.gather(*(store.get(f"memory{n:06d}") for n in range(20)))
+        assert found == [
+            make_record(f"memory{n:06d}", name=f"n{n}") if n % 2 == 0 else None for n in range(20)
+        ]
+        assert len(selects) == 1
+    finally:
+        await store.aclose()
+        await engine.dispose()
