@@ -3,6 +3,10 @@ bare and behind apiguard, in the same run.
 
     .venv/bin/python -m benchmarks.bench_loop_lag [--requests 10000] [--rounds 3]
         [--rate 200] [--paced-requests 1000]
+    .venv/bin/python -m benchmarks.bench_loop_lag --scenario argon2 [--cores 2]
+        [--keys 8] [--rounds 3]
+
+The `argon2` scenario is described in `argon2_lag()`.
 
 The server is tests/load_app.py (the app of tests/test_load.py): API keys from a
 SQLite store, JWTs against a loopback JWKS and opaque tokens against a loopback
@@ -25,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -149,11 +155,110 @@ async def main(requests: int, rounds: int, rate: float, paced_requests: int) -> 
         )
 
 
+async def _ticker(lags: list[float], stop: asyncio.Event, every: float = 0.001) -> None:
+    """Sleep `every` seconds at a time until `stop`, recording how late each wake-up is."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        due = loop.time() + every
+        await asyncio.sleep(every)
+        lags.append(loop.time() - due)
+
+
+async def argon2_lag(cores: int, keys: int, rounds: int) -> None:
+    """Event-loop lag while imported keys with argon2 hashes are verified.
+
+    In this process, pinned to `cores` cores: `keys` distinct imported keys (passlib's
+    default argon2id, as imported from elsewhere) are first verified at once by a
+    fresh `KeyVerifier` (a cold cache; migrations are not written, so every round
+    hashes again), while a ticker task sleeps 1 ms at a time and records how late it
+    wakes. Side by side in each round: the ticker alone (bare), the verifier with
+    the default worker threads (the cores available less one), and with as many
+    threads as cores (what a fixed 2 was on two cores). With `PYTHONPATH` set to an
+    earlier apiguard's source, its own default (2) and argon2 in as many threads as
+    the hash's parallelism are measured the same way.
+    """
+    from passlib.hash import argon2
+
+    from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
+    from apiguard.keys.format import parse_key
+    from apiguard.keys.verifier import KeyVerifier
+
+    try:
+        from apiguard.keys.verifier import slow_hash_threads
+    except ImportError:  # an apiguard from before the default was sized from the cores
+
+        def slow_hash_threads() -> int:
+            return 2
+
+    available = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, available[:cores])
+    hasher = KeyHasher(PEPPER)
+    issuer = KeyManager(MemoryKeyStore(), hasher)
+    store = MemoryKeyStore()
+    raws = []
+    for n in range(keys):
+        issued = await issuer.create(f"imported-{n}")
+        secret = parse_key(issued.key).secret
+        record = dataclasses.replace(issued.record, secret_hash=argon2.hash(secret))
+        await store.add(record)
+        raws.append(issued.key.encode())
+    stored = await store.get(parse_key(raws[0].decode()).key_id)
+    params = stored.secret_hash.split("$")[3] if stored else "?"
+    variants: dict[str, int | None] = {
+        "bare (no verifications)": None,
+        f"default: {slow_hash_threads()} worker thread(s)": slow_hash_threads(),
+        f"{cores} worker threads (one per core)": cores,
+    }
+    rows: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant, threads in variants.items():
+            lags: list[float] = []
+            stop = asyncio.Event()
+            ticker = asyncio.create_task(_ticker(lags, stop))
+            await asyncio.sleep(0.05)
+            start = time.perf_counter()
+            if threads is None:
+                await asyncio.sleep(0.5)
+            else:
+                verifier = KeyVerifier(
+                    store,
+                    hasher,
+                    slow_hash_concurrency=threads,
+                    slow_hash_queue=keys,
+                    deadline=60,
+                )
+                await asyncio.gather(*(verifier.verify(raw) for raw in raws))
+            elapsed = time.perf_counter() - start
+            stop.set()
+            await ticker
+            ordered = sorted(lags)
+            p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+            rows[variant].append(
+                (1e3 * statistics.median(ordered), 1e3 * p99, 1e3 * ordered[-1], elapsed)
+            )
+    load = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    print(
+        f"{keys} imported argon2 keys at once ({params}), "
+        f"{cores} cores, {rounds} rounds, load average {load}"
+    )
+    print("| variant | lag p50 (ms) | lag p99 (ms) | lag max (ms) | all verified in (s) |")
+    print("|---|---|---|---|---|")
+    for variant, results in rows.items():
+        cells = [" / ".join(f"{r[i]:.2f}" for r in results) for i in range(4)]
+        print(f"| {variant} | {' | '.join(cells)} |")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--scenario", choices=["server", "argon2"], default="server")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--keys", type=int, default=8)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--paced-requests", type=int, default=1000)
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.rounds, args.rate, args.paced_requests))
+    if args.scenario == "argon2":
+        asyncio.run(argon2_lag(args.cores, args.keys, args.rounds))
+    else:
+        asyncio.run(main(args.requests, args.rounds, args.rate, args.paced_requests))

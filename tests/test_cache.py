@@ -51,10 +51,32 @@ def test_tags_follow_eviction_and_overwrite() -> None:
     cache.set("a", 1, 100.0, tag="t1")
     cache.set("a", 2, 100.0, tag="t2")
     cache.set("b", 3, 100.0, tag="t3")
-    assert cache._tags == {"t3": {"b"}}
+    assert cache._tags == {"t3": "b"}
     cache.clear()
     assert len(cache) == 0
     assert cache._tags == {}
+
+
+def test_a_tag_with_several_entries_drops_them_all_and_follows_each_removal() -> None:
+    """A key id verified with several secrets (a rotation, forged secrets) has several
+    entries under one tag: invalidating the tag drops every one, and entries removed
+    one by one leave nothing behind."""
+    cache: TTLCache[str, int] = TTLCache(10)
+    for key in ("a", "b", "c"):
+        cache.set(key, 1, 100.0, tag="t")
+    cache.set("d", 1, 100.0, tag="u")
+    assert cache.invalidate("t") == 3
+    assert [cache.get(key, 0.0) for key in "abcd"] == [None, None, None, 1]
+    for key in ("a", "b"):
+        cache.set(key, 1, 100.0, tag="t")
+    cache.discard("a")
+    assert cache.invalidate("t") == 1
+    assert cache.get("b", 0.0) is None
+    cache.set("e", 1, 100.0, tag="u")
+    cache.discard("d")
+    cache.discard("e")
+    assert cache._tags == {}
+    assert cache.invalidate("u") == 0
 
 
 def test_maxsize_must_be_positive() -> None:

@@ -26,6 +26,10 @@ class TTLCache(Generic[K, V]):
     for example) can be dropped at once with `invalidate(tag)`. An entry may be kept
     past its deadline, until `keep_until`, for `get_stale`; it still counts toward
     `maxsize` meanwhile.
+
+    The tag index maps a tag to its one key, and only to a set of keys when it has
+    several: most tags (a key id) have one entry, and a set of one would be most
+    of an entry's memory.
     """
 
     __slots__ = ("_entries", "_maxsize", "_tags")
@@ -35,7 +39,7 @@ class TTLCache(Generic[K, V]):
             raise ValueError("maxsize must be at least 1")
         self._maxsize = maxsize
         self._entries: OrderedDict[K, tuple[float, V, Hashable, float]] = OrderedDict()
-        self._tags: dict[Hashable, set[K]] = {}
+        self._tags: dict[Hashable, K | set[K]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -82,7 +86,14 @@ class TTLCache(Generic[K, V]):
         keep = deadline if keep_until is None else max(deadline, keep_until)
         self._entries[key] = (deadline, value, tag, keep)
         if tag is not None:
-            self._tags.setdefault(tag, set()).add(key)
+            tags = self._tags
+            held = tags.get(tag)
+            if held is None:
+                tags[tag] = key
+            elif isinstance(held, set):
+                held.add(key)
+            else:
+                tags[tag] = {held, key}
 
     def discard(self, key: K) -> None:
         """Drop the entry for `key`, if there is one."""
@@ -91,7 +102,10 @@ class TTLCache(Generic[K, V]):
 
     def invalidate(self, tag: Hashable) -> int:
         """Drop every entry stored with `tag`; return how many were dropped."""
-        keys = self._tags.pop(tag, set())
+        held = self._tags.pop(tag, None)
+        if held is None:
+            return 0
+        keys = held if isinstance(held, set) else (held,)
         for key in keys:
             del self._entries[key]
         return len(keys)
@@ -104,10 +118,13 @@ class TTLCache(Generic[K, V]):
     def _remove(self, key: K) -> None:
         tag = self._entries.pop(key)[2]
         if tag is not None:
-            keys = self._tags[tag]
-            keys.discard(key)
-            if not keys:
+            held = self._tags[tag]
+            if not isinstance(held, set):
                 del self._tags[tag]
+                return
+            held.discard(key)
+            if len(held) == 1:
+                self._tags[tag] = held.pop()
 
 
 class _Call(Generic[V]):

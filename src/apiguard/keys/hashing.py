@@ -7,8 +7,9 @@ application's configuration, never in the store: a stolen store alone does not
 let anyone test guesses.
 
 Keys imported from other systems may carry slow hashes (argon2, bcrypt_sha256,
-pbkdf2_sha256). They are verified in a worker thread and, once verified, re-hashed
-with the default scheme (passlib's `verify_and_update`).
+pbkdf2_sha256). They are verified in a worker thread (argon2 in that one thread,
+whatever its parallelism: `keys/_argon2.py`) and, once verified, re-hashed with the
+default scheme (passlib's `verify_and_update`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from passlib.exc import MissingBackendError
 from passlib.utils import handlers
 
 from apiguard.exceptions import ConfigurationError
+from apiguard.keys._argon2 import verify_single_threaded
 
 __all__ = ["DEFAULT_SCHEME", "PEPPER_ENV", "SLOW_SCHEMES", "KeyHasher"]
 
@@ -73,7 +75,7 @@ class KeyHasher:
             loop and migrated to the default scheme on success.
     """
 
-    __slots__ = ("_context", "_handler")
+    __slots__ = ("_argon2", "_context", "_handler", "_pepper")
 
     def __init__(
         self, pepper: str | bytes | None = None, *, accept: Sequence[str] = SLOW_SCHEMES
@@ -82,9 +84,9 @@ class KeyHasher:
         if unknown:
             raise ConfigurationError(f"unsupported hash schemes: {sorted(unknown)}")
         # A subclass per hasher binds the pepper without any module-level state.
-        handler: Any = type(
-            "_PepperedHmacSha256", (_HmacSha256,), {"pepper": _resolve_pepper(pepper)}
-        )
+        self._pepper = _resolve_pepper(pepper)
+        self._argon2 = "argon2" in accept
+        handler: Any = type("_PepperedHmacSha256", (_HmacSha256,), {"pepper": self._pepper})
         self._handler = handler
         # "auto": every scheme but the default is deprecated, so verify_and_update migrates it.
         self._context = CryptContext(
@@ -100,7 +102,7 @@ class KeyHasher:
 
     def is_fast(self, secret_hash: str) -> bool:
         """Whether `secret_hash` is in the default scheme (cheap enough for the event loop)."""
-        return bool(self._handler.identify(secret_hash))
+        return secret_hash.startswith(_HmacSha256._hash_prefix)
 
     def verify(self, secret: str, secret_hash: str) -> tuple[bool, str | None]:
         """Check `secret` against `secret_hash` in constant time.
@@ -112,6 +114,17 @@ class KeyHasher:
         Raises:
             ConfigurationError: The hash is in a scheme whose backend is not installed.
         """
+        if secret_hash.startswith(_HmacSha256._hash_prefix):
+            # The default scheme, on every cold lookup: what passlib would do, without
+            # its parsing (a quarter of a cold check's CPU). A malformed checksum
+            # matches nothing, as there.
+            expected = hmac.new(self._pepper, secret.encode("utf-8"), hashlib.sha256)
+            stored = secret_hash[len(_HmacSha256._hash_prefix) :].encode("utf-8")
+            return hmac.compare_digest(expected.hexdigest().encode("ascii"), stored), None
+        if self._argon2 and secret_hash.startswith("$argon2"):
+            matches = verify_single_threaded(secret, secret_hash)
+            if matches is not None:
+                return matches, self.hash(secret) if matches else None
         try:
             ok, new_hash = self._context.verify_and_update(secret, secret_hash)
         except MissingBackendError as exc:

@@ -8,9 +8,12 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Literal
 
-__all__ = ["KeyRecord", "KeyStatus", "utcnow"]
+__all__ = ["EMPTY_METADATA", "KeyRecord", "KeyStatus", "utcnow"]
 
 KeyStatus = Literal["active", "expired", "revoked"]
+
+EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
+"""The metadata of every key without any: one shared read-only empty mapping."""
 
 
 def utcnow() -> datetime:
@@ -48,7 +51,7 @@ class KeyRecord:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
-    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    metadata: Mapping[str, Any] = field(default_factory=lambda: EMPTY_METADATA)
     rate_limit: str | None = None
     quota: str | None = None
 

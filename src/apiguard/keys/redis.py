@@ -43,10 +43,11 @@ from apiguard.exceptions import (
     KeyNotFoundError,
     KeyStateError,
 )
+from apiguard.keys._batch import LookupBatcher
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.channel import InvalidationChannel, RedisChannel, channel_from_push, split_push
-from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.keys.record import EMPTY_METADATA, KeyRecord, utcnow
 from apiguard.keys.usage import (
     Granularity,
     UsageBatch,
@@ -168,6 +169,10 @@ def _fields(record: KeyRecord) -> list[str]:
     return [part for pair in fields.items() for part in pair]
 
 
+def _metadata(value: dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(value) if value else EMPTY_METADATA
+
+
 def _record(key_id: str, stored: Mapping[Any, Any]) -> KeyRecord:
     fields = {_text(name): _text(value) for name, value in stored.items()}
     times = {name: _time(fields[name]) if name in fields else None for name in _TIMES}
@@ -177,7 +182,7 @@ def _record(key_id: str, stored: Mapping[Any, Any]) -> KeyRecord:
         secret_hash=fields["secret_hash"],
         scopes=frozenset(json.loads(fields["scopes"])),
         created_at=_time(fields["created_at"]),
-        metadata=MappingProxyType(json.loads(fields["metadata"])),
+        metadata=_metadata(json.loads(fields["metadata"])),
         rate_limit=fields.get("rate_limit"),
         quota=fields.get("quota"),
         **times,
@@ -264,6 +269,8 @@ class RedisKeyStore(BaseKeyStore):
         self._update_hash = client.register_script(_UPDATE_HASH)
         self._record_usage = client.register_script(_RECORD_USAGE)
         self._update_limits = client.register_script(_UPDATE_LIMITS)
+        # Concurrent lookups of different keys share one round trip (`_batch.py`).
+        self._lookups: LookupBatcher[KeyRecord] = LookupBatcher(self._get_many)
 
     @classmethod
     def from_url(
@@ -308,9 +315,23 @@ class RedisKeyStore(BaseKeyStore):
 
     async def get(self, key_id: str) -> KeyRecord | None:
         self._watch()
+        return await self._lookups.get(key_id)
+
+    async def _get_many(self, ids: builtins.list[str]) -> dict[str, KeyRecord]:
+        """One `HGETALL`, or one pipeline of them for concurrent lookups."""
         with self._errors():
-            stored = await self._client.hgetall(self._key(key_id))
-        return _record(key_id, stored) if stored else None
+            if len(ids) == 1:
+                found = [await self._client.hgetall(self._key(ids[0]))]
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key_id in ids:
+                        pipe.hgetall(self._key(key_id))
+                    found = await pipe.execute()
+        return {
+            key_id: _record(key_id, stored)
+            for key_id, stored in zip(ids, found, strict=True)
+            if stored
+        }
 
     async def add(self, record: KeyRecord) -> None:
         with self._errors():
@@ -441,5 +462,6 @@ class RedisKeyStore(BaseKeyStore):
 
     async def aclose(self) -> None:
         await super().aclose()
+        await self._lookups.aclose()
         if self._owns_client:
             await self._client.aclose()

@@ -18,6 +18,7 @@ import asyncio
 import builtins
 import functools
 import logging
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -33,6 +34,8 @@ from apiguard.exceptions import (
     KeyNotFoundError,
     KeyStateError,
 )
+from apiguard.keys._batch import LookupBatcher
+from apiguard.keys._sql_lookup import SqliteReader, postgres_query, record_from_row
 from apiguard.keys._url import hide_password, redact_url
 from apiguard.keys.base import BaseKeyStore
 from apiguard.keys.channel import (
@@ -41,7 +44,7 @@ from apiguard.keys.channel import (
     channel_from_push,
     split_push,
 )
-from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.keys.record import EMPTY_METADATA, KeyRecord, utcnow
 from apiguard.keys.usage import (
     Granularity,
     UsageBatch,
@@ -54,6 +57,7 @@ try:
     import sqlalchemy as sa
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+    from sqlalchemy.util import greenlet_spawn
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
         "SQLKeyStore needs SQLAlchemy and a driver: pip install 'apiguard-asgi[sqlite]' "
@@ -216,7 +220,7 @@ def _from_row(row: sa.RowMapping) -> KeyRecord:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
-        metadata=MappingProxyType(dict(row["metadata"])),
+        metadata=MappingProxyType(dict(row["metadata"])) if row["metadata"] else EMPTY_METADATA,
         rate_limit=row["rate_limit"],
         quota=row["quota"],
     )
@@ -375,6 +379,20 @@ class SQLKeyStore(BaseKeyStore):
                 asyncpg.InterfaceError,
                 asyncpg.InternalClientError,
             )
+        # Lookups: batched (`_batch.py`), and through the driver where it can (`_sql_lookup.py`).
+        self._lookups: LookupBatcher[KeyRecord] = LookupBatcher(self._get_many)
+        self._sqlite: SqliteReader | None = None
+        self._sqlite_limiter = anyio.CapacityLimiter(1)
+        database = engine.url.database
+        if (
+            engine.dialect.driver == "aiosqlite"
+            and database
+            and database != ":memory:"
+            and not database.startswith("file:")
+            and not engine.url.query
+        ):
+            self._sqlite = SqliteReader(database, _LOCK_POLL)
+        self._asyncpg = engine.dialect.driver == "asyncpg"
 
     @classmethod
     def from_url(cls, url: str, **engine_options: Any) -> SQLKeyStore:
@@ -495,11 +513,44 @@ class SQLKeyStore(BaseKeyStore):
         row = result.mappings().first()
         return None if row is None else _from_row(row)
 
-    @_retry_while_locked
     async def get(self, key_id: str) -> KeyRecord | None:
         self._watch()
-        async with self._connect() as conn:
-            return await self._get(conn, key_id)
+        return await self._lookups.get(key_id)
+
+    @_retry_while_locked
+    async def _get_many(self, ids: builtins.list[str]) -> dict[str, KeyRecord]:
+        if not self._schema_ready or not (self._sqlite or self._asyncpg):
+            async with self._connect() as conn:
+                if not (self._sqlite or self._asyncpg):
+                    result = await conn.execute(
+                        sa.select(keys_table).where(keys_table.c.key_id.in_(ids))
+                    )
+                    return {row["key_id"]: _from_row(row) for row in result.mappings()}
+        try:
+            if self._sqlite is not None:
+                return await anyio.to_thread.run_sync(
+                    self._sqlite.read, ids, limiter=self._sqlite_limiter
+                )
+            return await self._get_many_asyncpg(ids)
+        except sqlite3.OperationalError as exc:
+            if "database is locked" in str(exc):
+                raise _Locked from None  # retried by `_retry_while_locked`
+            raise BackendUnavailableError(f"key store unavailable: {_error_names(exc)}") from exc
+        except sqlite3.Error as exc:
+            raise BackendUnavailableError(f"key store unavailable: {_error_names(exc)}") from exc
+        except self._unavailable as exc:
+            raise BackendUnavailableError(f"key store unavailable: {_error_names(exc)}") from exc
+
+    async def _get_many_asyncpg(self, ids: builtins.list[str]) -> dict[str, KeyRecord]:
+        raw = await self._engine.raw_connection()
+        try:
+            driver: Any = raw.driver_connection
+            rows = await driver.fetch(postgres_query(), ids)
+        except BaseException:
+            await greenlet_spawn(raw.invalidate)
+            raise
+        await greenlet_spawn(raw.close)
+        return {row[0]: record_from_row(row) for row in rows}
 
     @_retry_while_locked
     async def add(self, record: KeyRecord) -> None:
@@ -637,5 +688,9 @@ class SQLKeyStore(BaseKeyStore):
 
     async def aclose(self) -> None:
         await super().aclose()
+        await self._lookups.aclose()
+        if self._sqlite is not None:
+            async with self._sqlite_limiter:  # not while a worker thread reads
+                self._sqlite.close()
         if self._owns_engine:
             await self._engine.dispose()

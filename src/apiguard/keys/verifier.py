@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Collection
 from typing import NoReturn
@@ -30,7 +31,7 @@ from apiguard.exceptions import (
 from apiguard.keys.channel import ALL_KEYS, InvalidationChannel
 from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
-from apiguard.keys.record import KeyRecord, utcnow
+from apiguard.keys.record import EMPTY_METADATA, KeyRecord, utcnow
 from apiguard.principal import Grant, Principal
 from apiguard.types import KeyStore
 
@@ -42,6 +43,23 @@ logger = logging.getLogger("apiguard.keys")
 # Cache keys are BLAKE2s-256 digests of the presented key, never the key itself;
 # BLAKE2s costs about half of SHA-256 on a short input, and this runs per request.
 _digest = hashlib.blake2s
+MAX_SCOPE_SETS = 1024  # distinct scope sets shared by the cached grants
+
+
+def slow_hash_threads() -> int:
+    """The default `slow_hash_concurrency`: the cores available to this process, less one.
+
+    The cores this process may run on (its CPU affinity, as `taskset` or a container
+    set it), not the machine's; at least one.
+    """
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13
+    if counter is not None:
+        cores = counter()
+    elif hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS and Windows before Python 3.13
+        cores = os.cpu_count()
+    return max(1, (cores or 1) - 1)
 
 
 class KeyVerifier:
@@ -54,6 +72,8 @@ class KeyVerifier:
         cache: Cache sizes and lifetimes.
         slow_hash_concurrency: How many slow (imported) hashes may be verified at once
             in worker threads; bounds the work a flood of forged keys can cause.
+            By default one fewer than the cores this process may run on (at least
+            one), so that the event loop keeps a core while they run.
         slow_hash_queue: How many slow hash verifications may wait or run at once;
             beyond it requests that need one get 503 at once instead of queueing.
         slow_hash_per_key: The same, per key id, so that forged secrets for one
@@ -73,12 +93,14 @@ class KeyVerifier:
         *,
         prefixes: Collection[str] = (DEFAULT_PREFIX,),
         cache: CacheOptions | None = None,
-        slow_hash_concurrency: int = 2,
+        slow_hash_concurrency: int | None = None,
         slow_hash_queue: int = 32,
         slow_hash_per_key: int = 4,
         deadline: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if slow_hash_concurrency is None:
+            slow_hash_concurrency = slow_hash_threads()
         if min(slow_hash_concurrency, slow_hash_queue, slow_hash_per_key) < 1 or deadline <= 0:
             raise ConfigurationError(
                 "slow hash limits must be at least 1 and the deadline must be positive"
@@ -98,6 +120,7 @@ class KeyVerifier:
         self._clock = clock
         self._backoff = Backoff(clock=clock)
         self._new_hashes: dict[str, str] = {}
+        self._scopes = _SharedScopes()
         self._flushing = False
         self.pending = False
         """Whether bookkeeping writes wait for `flush()`."""
@@ -185,7 +208,7 @@ class KeyVerifier:
         if status != "active":
             self._refuse(digest, parsed.key_id, status, generation)
 
-        grant = _grant(record)
+        grant = self._scopes.grant(record)
         lifetime = trust_for = None
         if record.expires_at is not None:
             lifetime = (record.expires_at - wall_now).total_seconds()
@@ -264,15 +287,35 @@ def _describe(grant: Grant) -> str:
     return f"key_id={grant[0].key_id or ''}"
 
 
-def _grant(record: KeyRecord) -> Grant:
-    principal = Principal(
-        identity=record.key_id,
-        kind="api_key",
-        name=record.name,
-        scopes=record.scopes,
-        key_id=record.key_id,
-        metadata=record.metadata,
-        rate_limit=record.rate_limit,
-        quota=record.quota,
-    )
-    return principal, AuthCredentials(sorted(record.scopes))
+class _SharedScopes:
+    """One scope set and one `AuthCredentials` per distinct set of scopes.
+
+    Keys mostly grant a few sets of scopes: sharing them, with the one empty
+    mapping of metadata, keeps a cached key well under a kilobyte. At most
+    `MAX_SCOPE_SETS` sets are kept; others are not shared.
+    """
+
+    __slots__ = ("_sets",)
+
+    def __init__(self) -> None:
+        self._sets: dict[frozenset[str], tuple[frozenset[str], AuthCredentials]] = {}
+
+    def grant(self, record: KeyRecord) -> Grant:
+        shared = self._sets.get(record.scopes)
+        if shared is None:
+            shared = (record.scopes, AuthCredentials(sorted(record.scopes)))
+            if len(self._sets) < MAX_SCOPE_SETS:
+                self._sets[record.scopes] = shared
+        scopes, credentials = shared
+        principal = Principal(
+            identity=record.key_id,
+            kind="api_key",
+            name=record.name,
+            scopes=scopes,
+            key_id=record.key_id,
+            metadata=record.metadata or EMPTY_METADATA,
+            claims=EMPTY_METADATA,
+            rate_limit=record.rate_limit,
+            quota=record.quota,
+        )
+        return principal, credentials
