@@ -921,6 +921,7 @@ async def test_a_write_lock_on_the_store_does_not_delay_the_answer(
             hasher=hasher,
             usage=UsageOptions(flush_interval=0.001),  # due at the first request
         )
+        await anyio.sleep(0.002)  # the first write is due at the first request
         locker = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # a writer elsewhere, e.g. the CLI
         scope: Scope = {
