@@ -114,7 +114,9 @@ class _Call(Generic[V]):
     __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        # The event is made by the first caller who has to wait: a call nobody
+        # joins (nearly every one) costs no event.
+        self.done: anyio.Event | None = None
         self.value: V | None = None
         self.error: BaseException | None = None
 
@@ -146,6 +148,8 @@ class SingleFlight(Generic[K, V]):
             call = self._calls.get(key)
             if call is None:
                 break
+            if call.done is None:
+                call.done = anyio.Event()
             await call.done.wait()
             if call.error is None:
                 return call.value  # type: ignore[return-value]
@@ -162,7 +166,8 @@ class SingleFlight(Generic[K, V]):
             raise
         finally:
             del self._calls[key]
-            call.done.set()
+            if call.done is not None:
+                call.done.set()
         return value
 
 
