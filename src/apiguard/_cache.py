@@ -157,17 +157,17 @@ class SingleFlight(Generic[K, V]):
                 raise call.error
             # The leader was cancelled: try again, perhaps as the new leader.
 
-        call = _Call[V]()
-        self._calls[key] = call
+        mine: _Call[V] = _Call()  # not _Call[V](): typing's alias call costs a microsecond
+        self._calls[key] = mine
         try:
-            call.value = value = await fn()
+            mine.value = value = await fn()
         except BaseException as exc:
-            call.error = exc
+            mine.error = exc
             raise
         finally:
             del self._calls[key]
-            if call.done is not None:
-                call.done.set()
+            if mine.done is not None:
+                mine.done.set()
         return value
 
 
