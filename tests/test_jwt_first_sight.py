@@ -15,10 +15,11 @@ import pytest
 from jwt.api_jws import PyJWS
 
 from apiguard import InvalidToken
+from apiguard.testing import FakeClock
 from apiguard.tokens import JWTIntrospector, TokenVerifier
 from apiguard.tokens.jwks import _COMPACT_JWS, MAX_JSON_DEPTH, _is_compact_jws, _segment, _Segments
 from apiguard.tokens.verifier import _B64TOKEN, _is_b64token
-from tests.token_support import AUDIENCE, ISSUER, RSA_KEY, FakeIssuer, mint
+from tests.token_support import AUDIENCE, ISSUER, RSA_KEY, RSA_KEY_2, FakeIssuer, mint, public_jwk
 
 # Every string of up to four characters over an alphabet of each kind of character
 # the shapes care about: base64url, the dot, padding, base64-only, space, non-ASCII.
@@ -165,3 +166,21 @@ def test_checks_driven_without_an_event_loop() -> None:
         stopped.value.value.subject
         == jwt.decode(mint(), options={"verify_signature": False})["sub"]
     )
+
+
+@pytest.mark.anyio
+async def test_a_key_replaced_under_its_kid_is_used_from_the_next_fetch() -> None:
+    """The key found for a kid is remembered only until the key set is fetched again."""
+    idp, clock = FakeIssuer(), FakeClock()
+    async with idp.client() as http:
+        introspector = JWTIntrospector.from_issuer(
+            ISSUER, audience=AUDIENCE, http_client=http, clock=clock
+        )
+        assert (await introspector.introspect(mint(RSA_KEY, "RS256", "rsa-1"))).active
+        idp.keys[:] = [public_jwk(RSA_KEY_2, "rsa-1")]
+        clock.now += 301  # past the key set's ttl: fetched again on the next token
+        assert (await introspector.introspect(mint(RSA_KEY_2, "RS256", "rsa-1"))).active
+        with pytest.raises(InvalidToken) as refused:
+            await introspector.introspect(mint(RSA_KEY, "RS256", "rsa-1", jti="old-key"))
+        assert refused.value.reason == "bad signature"
+        assert introspector.key_fetches(ISSUER) == 2

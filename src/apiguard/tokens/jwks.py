@@ -226,6 +226,9 @@ class _KeySet:
         # right after a scheduled fetch is still picked up by the first new token.
         self._last_kid_refetch = float("-inf")
         self._parsed: dict[tuple[int, str], jwt.PyJWK] = {}
+        # (kid, alg) -> the key found for them in the current key set: a token seen
+        # for the first time costs one lookup, not a search of the set.
+        self._found: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._flight: SingleFlight[str, None] = SingleFlight()
         self._backoff = Backoff(clock=clock)
         self.fetches = 0
@@ -235,6 +238,9 @@ class _KeySet:
         fetches = self.fetches
         if self._keys is None or self._clock() >= self._fresh_until:
             await self._refresh_or_keep_stale()
+        found = self._found.get((kid, alg))
+        if found is not None:
+            return found
         jwk = self._find(kid, alg)
         if jwk is None and self.fetches == fetches:  # keys not fetched for this very call
             now = self._clock()
@@ -262,6 +268,8 @@ class _KeySet:
                 logger.warning("unusable key in %s (kid=%s): %s", self._uri, kid, exc)
                 raise InvalidToken(reason="unusable key") from exc
             self._parsed[cache_key] = parsed
+        if len(self._found) < MAX_KEYS:  # bounded: kids come from tokens
+            self._found[(kid, alg)] = parsed
         return parsed
 
     def _find(self, kid: str | None, alg: str) -> Mapping[str, Any] | None:
@@ -319,6 +327,7 @@ class _KeySet:
         self.fetched_at = time.time()
         self._keys = by_kid
         self._parsed.clear()
+        self._found.clear()
         self._fresh_until = now + self._ttl_from(headers)
         self._usable_until = self._fresh_until + self._max_stale
 
