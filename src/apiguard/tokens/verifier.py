@@ -21,6 +21,7 @@ from apiguard._observe import cache_hit, cache_miss
 from apiguard.exceptions import ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.principal import Grant, Principal
+from apiguard.tokens import _turns
 from apiguard.tokens.info import TokenInfo
 from apiguard.types import TokenIntrospector
 
@@ -120,6 +121,8 @@ class TokenVerifier:
             cache_hit()
             raise InvalidToken(reason=reason)
         cache_miss()
+        if _turns.busy():  # a burst of new tokens: they take turns with the rest of the loop
+            await _turns.wait()
         return await verdicts.fill_or_stale(
             digest,
             lambda generation: self._lookup(raw, digest, generation),
