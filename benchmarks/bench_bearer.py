@@ -141,8 +141,12 @@ async def per_request(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-async def run_each(app: ASGIApp, scopes: list[Scope]) -> float:
-    """Seconds per request, one request per scope (each with its own token)."""
+async def run_each(app: ASGIApp, scopes: list[Scope], *, apart: bool = False) -> float:
+    """Seconds per request, one request per scope (each with its own token).
+
+    `apart`: each request in its own pass of the event loop, as requests arriving
+    one at a time are (the loop is let go between two requests).
+    """
     statuses: list[int] = []
 
     async def receive() -> Message:
@@ -152,21 +156,29 @@ async def run_each(app: ASGIApp, scopes: list[Scope]) -> float:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    start = time.perf_counter()
+    elapsed = 0.0
     for scope in scopes:
+        if apart:
+            await asyncio.sleep(0)
+        start = time.perf_counter()
         await app(dict(scope), receive, send)
-    elapsed = time.perf_counter() - start
+        elapsed += time.perf_counter() - start
     if set(statuses) != {200}:
         raise RuntimeError(f"unexpected statuses {set(statuses)}")
     return elapsed / len(scopes)
 
 
+CHUNK = 100  # tokens per turn of each variant: the variants alternate finely
+
+
 async def first_sight(args: argparse.Namespace) -> list[str]:
-    """Tokens never seen before (keys fetched), side by side in each round: a bare
-    PyJWT decode with the checks `JWTIntrospector` asks of PyJWT, the introspector
-    alone, and whole requests: the bare app, the app behind a PyJWT decode per
-    request, and the app behind `BearerTokenMiddleware` on a cache miss (middleware,
-    cache miss, single-flight, introspection, TokenInfo, Principal)."""
+    """Tokens never seen before (keys fetched), side by side: a bare PyJWT decode with
+    the checks `JWTIntrospector` asks of PyJWT, the introspector alone, and whole
+    requests: the bare app, the app behind a PyJWT decode per request, and the app
+    behind `BearerTokenMiddleware` on a cache miss (middleware, cache miss,
+    single-flight, introspection, TokenInfo, Principal). The variants alternate every
+    `CHUNK` tokens, and each chunk is one sample (medians over all chunks of all
+    rounds); each request comes in its own pass of the event loop."""
     idp = FakeIssuer()
     lines = [
         "| algorithm | PyJWT decode µs | JWTIntrospector µs | ratio | bare app µs "
@@ -184,23 +196,28 @@ async def first_sight(args: argparse.Namespace) -> list[str]:
             public = key.public_key()
             peer = PyJWTPerRequest(starlette_app(), public, alg)
             bare_app = starlette_app()
-            times: dict[str, list[float]] = {
-                n: [] for n in ("decode", "introspect", "bare", "peer", "apiguard")
-            }
+            names = ("decode", "introspect", "bare", "peer", "apiguard")
+            times: dict[str, list[float]] = {n: [] for n in names}
             for _ in range(args.rounds):
                 # A new middleware each round: every request of the round is a cache miss.
                 guarded = BearerTokenMiddleware(starlette_app(), introspector=introspector)
-                start = time.perf_counter()
-                for token in tokens:
-                    pyjwt_decode(token, public, alg)
-                times["decode"].append((time.perf_counter() - start) / len(tokens))
-                start = time.perf_counter()
-                for token in tokens:
-                    await introspector.introspect(token)
-                times["introspect"].append((time.perf_counter() - start) / len(tokens))
-                times["bare"].append(await run_each(bare_app, scopes))
-                times["peer"].append(await run_each(peer, scopes))
-                times["apiguard"].append(await run_each(guarded, scopes))
+                for at in range(0, len(tokens), CHUNK):
+                    chunk, chunk_scopes = tokens[at : at + CHUNK], scopes[at : at + CHUNK]
+                    spent = dict.fromkeys(names, 0.0)
+                    for token in chunk:
+                        await asyncio.sleep(0)
+                        start = time.perf_counter()
+                        pyjwt_decode(token, public, alg)
+                        spent["decode"] += time.perf_counter() - start
+                    for token in chunk:
+                        await asyncio.sleep(0)
+                        start = time.perf_counter()
+                        await introspector.introspect(token)
+                        spent["introspect"] += time.perf_counter() - start
+                    for name, app in (("bare", bare_app), ("peer", peer), ("apiguard", guarded)):
+                        spent[name] += len(chunk) * await run_each(app, chunk_scopes, apart=True)
+                    for name in names:  # one sample per chunk: medians over them all
+                        times[name].append(spent[name] / len(chunk))
             med = {name: statistics.median(samples) for name, samples in times.items()}
             lines.append(
                 f"| {alg} | {med['decode'] * 1e6:.1f} | {med['introspect'] * 1e6:.1f} "
@@ -319,7 +336,10 @@ async def main() -> None:
     )
     args = parser.parse_args()
     if args.only == "first-sight":
-        print(f"## First sight of a JWT ({args.rounds} rounds x {args.tokens} tokens, medians)\n")
+        print(
+            f"## First sight of a JWT ({args.rounds} rounds x {args.tokens} tokens, "
+            f"medians of {CHUNK}-token chunks)\n"
+        )
         print("\n".join(await first_sight(args)))
         return
 

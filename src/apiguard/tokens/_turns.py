@@ -29,9 +29,10 @@ class _Pass(threading.local):
     """This thread's event loop as far as checks are concerned."""
 
     def __init__(self) -> None:
-        self.loop: object = None  # the loop a reset is scheduled on; None: a fresh slice
-        self.used = 0.0  # seconds of checks in the current pass
+        self.used = 0.0  # seconds of checks since the last reset
         self.average = 0.0  # seconds per check, smoothed
+        self.loop: object = None  # the loop a reset is scheduled on, if any
+        self.soon: Callable[..., object] | None = None  # and how to schedule the next
         self.admitted = 0  # queued checks let through, not yet started
         self.waiting: deque[anyio.Event] = deque()
 
@@ -42,7 +43,7 @@ _pass = _Pass()
 def busy() -> bool:
     """Whether a check must wait for its turn (`wait`) before it starts."""
     state = _pass
-    return state.used >= SLICE or bool(state.waiting) or state.admitted > 0
+    return state.used >= SLICE or state.admitted > 0 or bool(state.waiting)
 
 
 async def wait() -> None:
@@ -51,15 +52,14 @@ async def wait() -> None:
     running = _running()
     if running is None:  # no event loop to hold (a coroutine driven by hand)
         return
-    loop, soon = running
-    if state.loop is not loop and state.used:  # left over from a loop that has ended
+    if state.loop is not None and state.loop is not running[0]:
+        # Left over from a loop of this thread that has ended: its waiters are gone.
         state.loop, state.used, state.admitted = None, 0.0, 0
         state.waiting.clear()
     if not busy():
         return
-    if state.loop is None:  # nothing scheduled to let the queue through: schedule it
-        state.loop = loop
-        soon(_reset_for(state, loop, soon))
+    if state.loop is None:
+        _schedule(state, *running)
     turn = anyio.Event()
     state.waiting.append(turn)
     try:
@@ -74,43 +74,47 @@ async def wait() -> None:
 
 
 def charge(seconds: float) -> None:
-    """Count `seconds` of checking against the current pass of the running loop."""
+    """Count `seconds` of checking against the current pass of the running loop.
+
+    The reset that gives the next pass a fresh slice is scheduled only once the
+    slice is spent: checks that come one at a time cost no callback on the loop
+    (their seconds add up across passes until then, which only brings that reset
+    forward).
+    """
     state = _pass
     state.average = seconds if not state.average else 0.75 * state.average + 0.25 * seconds
-    running = _running()
-    if running is None:
+    state.used += seconds
+    if state.used >= SLICE and state.loop is None:
+        running = _running()
+        if running is None:  # no event loop to hold (a coroutine driven by hand)
+            state.used = 0.0
+        else:
+            _schedule(state, *running)
+
+
+def _schedule(state: _Pass, loop: object, soon: Callable[..., object]) -> None:
+    state.loop, state.soon = loop, soon
+    soon(_reset, loop)
+
+
+def _reset(loop: object) -> None:
+    """A new pass of the loop: a fresh slice, and queued checks let through to fill it."""
+    state = _pass
+    if state.loop is not loop:
         return
-    loop, soon = running
-    if state.loop is loop:
-        state.used += seconds
+    state.loop, state.used = None, 0.0
+    waiting = state.waiting
+    if not waiting or state.soon is None:
         return
-    # The first check of this pass (or of a new loop): the next pass starts afresh.
-    state.loop, state.used = loop, seconds
-    soon(_reset_for(state, loop, soon))
+    fits = max(1, int(SLICE / state.average)) if state.average else 1
+    for _ in range(min(fits, len(waiting))):
+        state.admitted += 1
+        waiting.popleft().set()
+    # The next pass lets the next ones through, whether or not these run.
+    _schedule(state, loop, state.soon)
 
 
-def _reset_for(
-    state: _Pass, loop: object, soon: Callable[[Callable[[], None]], object]
-) -> Callable[[], None]:
-    def reset() -> None:
-        if state.loop is not loop:
-            return
-        state.loop, state.used = None, 0.0
-        waiting = state.waiting
-        if not waiting:
-            return
-        fits = max(1, int(SLICE / state.average)) if state.average else 1
-        for _ in range(min(fits, len(waiting))):
-            state.admitted += 1
-            waiting.popleft().set()
-        # The next pass lets the next ones through, whether or not these run.
-        state.loop = loop
-        soon(reset)
-
-    return reset
-
-
-def _running() -> tuple[object, Callable[[Callable[[], None]], object]] | None:
+def _running() -> tuple[object, Callable[..., object]] | None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
