@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -16,7 +17,7 @@ from jwt.api_jws import PyJWS
 
 from apiguard import InvalidToken
 from apiguard.testing import FakeClock
-from apiguard.tokens import JWTIntrospector, TokenVerifier
+from apiguard.tokens import JWTIntrospector, TokenVerifier, _turns
 from apiguard.tokens.jwks import _COMPACT_JWS, MAX_JSON_DEPTH, _is_compact_jws, _segment, _Segments
 from apiguard.tokens.verifier import _B64TOKEN, _is_b64token
 from tests.token_support import AUDIENCE, ISSUER, RSA_KEY, RSA_KEY_2, FakeIssuer, mint, public_jwk
@@ -184,3 +185,40 @@ async def test_a_key_replaced_under_its_kid_is_used_from_the_next_fetch() -> Non
             await introspector.introspect(mint(RSA_KEY, "RS256", "rsa-1", jti="old-key"))
         assert refused.value.reason == "bad signature"
         assert introspector.key_fetches(ISSUER) == 2
+
+
+@pytest.mark.anyio
+async def test_a_check_cancelled_while_it_waits_for_its_turn_holds_up_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_turns, "SLICE", 0.0)  # every check waits for its turn
+    monkeypatch.setattr(_turns._pass, "average", 1.0)  # one check a pass
+    through: list[int] = []
+
+    async def check(n: int) -> None:
+        await _turns.wait()
+        through.append(n)
+        _turns.charge(0.0)
+
+    with anyio.fail_after(10):  # a stalled queue would never let the third through
+        await _three_checks_cancel_the_first(check)
+    assert through == [1, 2]
+    assert not _turns._pass.waiting
+    assert _turns._pass.admitted == 0
+
+
+async def _three_checks_cancel_the_first(check: Callable[[int], Awaitable[None]]) -> None:
+    async with anyio.create_task_group() as group:
+        scopes = []
+        for n in range(3):
+            scope = anyio.CancelScope()
+            scopes.append(scope)
+
+            async def run(n: int = n, scope: anyio.CancelScope = scope) -> None:
+                with scope:
+                    await check(n)
+
+            group.start_soon(run)
+        await anyio.lowlevel.checkpoint()  # all three are queued by now
+        assert len(_turns._pass.waiting) == 3
+        scopes[0].cancel()  # the first in the queue: the next pass skips it
