@@ -3,6 +3,7 @@ a burst of new tokens takes turns with the rest of the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -187,10 +188,13 @@ async def test_a_key_replaced_under_its_kid_is_used_from_the_next_fetch() -> Non
         assert introspector.key_fetches(ISSUER) == 2
 
 
+@pytest.mark.parametrize(("cancelled", "let_through"), [(0, [1, 2]), (1, [0, 2])])
 @pytest.mark.anyio
 async def test_a_check_cancelled_while_it_waits_for_its_turn_holds_up_no_other(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, cancelled: int, let_through: list[int]
 ) -> None:
+    """The first in the queue (skipped when its turn comes) or one behind it (taken
+    out of the queue)."""
     monkeypatch.setattr(_turns, "SLICE", 0.0)  # every check waits for its turn
     monkeypatch.setattr(_turns._pass, "average", 1.0)  # one check a pass
     through: list[int] = []
@@ -201,13 +205,13 @@ async def test_a_check_cancelled_while_it_waits_for_its_turn_holds_up_no_other(
         _turns.charge(0.0)
 
     with anyio.fail_after(10):  # a stalled queue would never let the third through
-        await _three_checks_cancel_the_first(check)
-    assert through == [1, 2]
+        await _three_checks_cancel_one(check, cancelled)
+    assert through == let_through
     assert not _turns._pass.waiting
     assert _turns._pass.admitted == 0
 
 
-async def _three_checks_cancel_the_first(check: Callable[[int], Awaitable[None]]) -> None:
+async def _three_checks_cancel_one(check: Callable[[int], Awaitable[None]], cancelled: int) -> None:
     async with anyio.create_task_group() as group:
         scopes = []
         for n in range(3):
@@ -221,4 +225,50 @@ async def _three_checks_cancel_the_first(check: Callable[[int], Awaitable[None]]
             group.start_soon(run)
         await anyio.lowlevel.checkpoint()  # all three are queued by now
         assert len(_turns._pass.waiting) == 3
-        scopes[0].cancel()  # the first in the queue: the next pass skips it
+        scopes[cancelled].cancel()
+
+
+@pytest.mark.anyio
+async def test_a_check_cancelled_once_let_through_leaves_no_turn_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio's own cancellation, which reaches a task even once its turn has come."""
+    monkeypatch.setattr(_turns, "SLICE", 0.0)  # every check waits for its turn
+    monkeypatch.setattr(_turns._pass, "average", 1.0)  # one check a pass
+    through: list[int] = []
+
+    async def check(n: int) -> None:
+        await _turns.wait()
+        through.append(n)
+        _turns.charge(0.0)
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(check(n)) for n in range(3)]
+        await asyncio.sleep(0)  # all three are queued
+        await asyncio.sleep(0)  # the first is let through, not yet run
+        assert _turns._pass.admitted == 1
+        tasks[0].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert tasks[0].cancelled()
+
+    await asyncio.wait_for(scenario(), 10)
+    assert through == [1, 2]
+    assert _turns._pass.admitted == 0
+
+
+@pytest.mark.anyio
+async def test_turns_left_by_an_ended_event_loop_hold_up_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop of this thread that ended with its slice spent and a reset pending (which
+    will never run) does not make the checks of the next loop wait."""
+    monkeypatch.setattr(_turns._pass, "loop", object())
+    monkeypatch.setattr(_turns._pass, "used", 1.0)
+    idp = FakeIssuer()
+    async with idp.client() as http:
+        verifier = TokenVerifier(
+            JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=http)
+        )
+        with anyio.fail_after(10):
+            principal, _ = await verifier.verify(mint(jti="after-another-loop").encode())
+    assert principal.kind == "bearer"
