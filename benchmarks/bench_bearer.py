@@ -1,6 +1,7 @@
 """Bearer tokens: per-request cost, first sight, introspection, single-flight, memory.
 
     .venv/bin/python -m benchmarks.bench_bearer [--requests 20000] [--rounds 7]
+        [--tokens 2000] [--only first-sight]
 
 Needs the interop authorization server installed (`scripts/install` runs `npm ci`):
 the introspection figures are measured against oidc-provider on loopback.
@@ -29,9 +30,12 @@ from tests.token_support import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, FakeIssuer, m
 
 from apiguard import BearerTokenMiddleware
 from apiguard.tokens import JWTIntrospector, RemoteIntrospector, TokenInfo, TokenVerifier
+from apiguard.tokens.jwks import DEFAULT_REQUIRED_CLAIMS
 from apiguard.types import ASGIApp, Message, Receive, Scope, Send
 from benchmarks.bench_apikey import run
 from benchmarks.bench_apikey import scope_for as request_scope
+
+LEEWAY = 30.0  # JWTIntrospector's default
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -46,6 +50,19 @@ def scope_for(token: str) -> Scope:
     return request_scope(token, b"authorization", "Bearer ")
 
 
+def pyjwt_decode(token: str | bytes, key: Any, alg: str) -> dict[str, Any]:
+    """A bare PyJWT decode making the checks `JWTIntrospector` asks of PyJWT."""
+    return jwt.decode(
+        token,
+        key,
+        algorithms=[alg],
+        audience=(AUDIENCE,),
+        issuer=ISSUER,
+        leeway=LEEWAY,
+        options={"require": list(DEFAULT_REQUIRED_CLAIMS)},
+    )
+
+
 class PyJWTPerRequest:
     """The peer: PyJWT decode of every request, key loaded once."""
 
@@ -56,10 +73,7 @@ class PyJWTPerRequest:
         if scope["type"] == "http":
             for name, value in scope["headers"]:
                 if name == b"authorization":
-                    claims = jwt.decode(
-                        value[7:], self.key, algorithms=[self.alg], audience=AUDIENCE, issuer=ISSUER
-                    )
-                    scope["user"] = claims["sub"]
+                    scope["user"] = pyjwt_decode(value[7:], self.key, self.alg)["sub"]
         await self.app(scope, receive, send)
 
 
@@ -127,32 +141,90 @@ async def per_request(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+async def run_each(app: ASGIApp, scopes: list[Scope], *, apart: bool = False) -> float:
+    """Seconds per request, one request per scope (each with its own token).
+
+    `apart`: each request in its own pass of the event loop, as requests arriving
+    one at a time are (the loop is let go between two requests).
+    """
+    statuses: list[int] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    elapsed = 0.0
+    for scope in scopes:
+        if apart:
+            await asyncio.sleep(0)
+        start = time.perf_counter()
+        await app(dict(scope), receive, send)
+        elapsed += time.perf_counter() - start
+    if set(statuses) != {200}:
+        raise RuntimeError(f"unexpected statuses {set(statuses)}")
+    return elapsed / len(scopes)
+
+
+CHUNK = 100  # tokens per turn of each variant: the variants alternate finely
+
+
 async def first_sight(args: argparse.Namespace) -> list[str]:
-    """JWTIntrospector on tokens it has never seen (keys cached) vs bare PyJWT decode."""
+    """Tokens never seen before (keys fetched), side by side: a bare PyJWT decode with
+    the checks `JWTIntrospector` asks of PyJWT, the introspector alone, and whole
+    requests: the bare app, the app behind a PyJWT decode per request, and the app
+    behind `BearerTokenMiddleware` on a cache miss (middleware, cache miss,
+    single-flight, introspection, TokenInfo, Principal). The variants alternate every
+    `CHUNK` tokens, and each chunk is one sample (medians over all chunks of all
+    rounds); each request comes in its own pass of the event loop."""
     idp = FakeIssuer()
     lines = [
-        "| algorithm | PyJWT decode µs | JWTIntrospector first sight µs | ratio |",
-        "|---|---:|---:|---:|",
+        "| algorithm | PyJWT decode µs | JWTIntrospector µs | ratio | bare app µs "
+        "| app + PyJWT decode µs | app + apiguard, cache miss µs "
+        "| miss path: apiguard's µs over the bare app / PyJWT decode "
+        "| request vs app + PyJWT decode |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     async with idp.client() as http:
         for key, alg, kid in ((RSA_KEY, "RS256", "rsa-1"), (EC_KEY, "ES256", "ec-1")):
             introspector = JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=http)
-            tokens = [mint(key, alg, kid, jti=f"j{i}") for i in range(2_000)]
+            tokens = [mint(key, alg, kid, jti=f"j{i}") for i in range(args.tokens)]
+            scopes = [scope_for(token) for token in tokens]
             await introspector.introspect(tokens[0])  # keys fetched
             public = key.public_key()
-            ours: list[float] = []
-            theirs: list[float] = []
+            peer = PyJWTPerRequest(starlette_app(), public, alg)
+            bare_app = starlette_app()
+            names = ("decode", "introspect", "bare", "peer", "apiguard")
+            times: dict[str, list[float]] = {n: [] for n in names}
             for _ in range(args.rounds):
-                start = time.perf_counter()
-                for token in tokens:
-                    jwt.decode(token, public, algorithms=[alg], audience=AUDIENCE, issuer=ISSUER)
-                theirs.append((time.perf_counter() - start) / len(tokens))
-                start = time.perf_counter()
-                for token in tokens:
-                    await introspector.introspect(token)
-                ours.append((time.perf_counter() - start) / len(tokens))
+                # A new middleware each round: every request of the round is a cache miss.
+                guarded = BearerTokenMiddleware(starlette_app(), introspector=introspector)
+                for at in range(0, len(tokens), CHUNK):
+                    chunk, chunk_scopes = tokens[at : at + CHUNK], scopes[at : at + CHUNK]
+                    spent = dict.fromkeys(names, 0.0)
+                    for token in chunk:
+                        await asyncio.sleep(0)
+                        start = time.perf_counter()
+                        pyjwt_decode(token, public, alg)
+                        spent["decode"] += time.perf_counter() - start
+                    for token in chunk:
+                        await asyncio.sleep(0)
+                        start = time.perf_counter()
+                        await introspector.introspect(token)
+                        spent["introspect"] += time.perf_counter() - start
+                    for name, app in (("bare", bare_app), ("peer", peer), ("apiguard", guarded)):
+                        spent[name] += len(chunk) * await run_each(app, chunk_scopes, apart=True)
+                    for name in names:  # one sample per chunk: medians over them all
+                        times[name].append(spent[name] / len(chunk))
+            med = {name: statistics.median(samples) for name, samples in times.items()}
             lines.append(
-                f"| {alg} | {median_us(theirs):.1f} | {median_us(ours):.1f} | {statistics.median(ours) / statistics.median(theirs):.3f} |"
+                f"| {alg} | {med['decode'] * 1e6:.1f} | {med['introspect'] * 1e6:.1f} "
+                f"| {med['introspect'] / med['decode']:.3f} | {med['bare'] * 1e6:.1f} "
+                f"| {med['peer'] * 1e6:.1f} | {med['apiguard'] * 1e6:.1f} "
+                f"| {(med['apiguard'] - med['bare']) / med['decode']:.3f} "
+                f"| {med['apiguard'] / med['peer']:.3f} |"
             )
     return lines
 
@@ -258,7 +330,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=2_000, help="new tokens a round")
+    parser.add_argument(
+        "--only", choices=["first-sight"], help="run only the first-sight comparison"
+    )
     args = parser.parse_args()
+    if args.only == "first-sight":
+        print(
+            f"## First sight of a JWT ({args.rounds} rounds x {args.tokens} tokens, "
+            f"medians of {CHUNK}-token chunks)\n"
+        )
+        print("\n".join(await first_sight(args)))
+        return
 
     print(
         f"## In-process per-request cost ({args.rounds} rounds x {args.requests} requests, medians)\n"

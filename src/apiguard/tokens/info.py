@@ -20,8 +20,11 @@ and `scp` (a string or a list, as several providers send it)."""
 MAX_SCOPES = 256  # bounds the work and memory one token can cause
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 def _empty() -> Mapping[str, Any]:
-    return MappingProxyType({})
+    return _EMPTY  # one empty mapping for every TokenInfo without claims
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +72,13 @@ class TokenInfo:
         cannot be read would let a grant outlive its token.
         """
         claims = _shared(claims)
-        expires_at, issued_at = _time(claims.get("exp")), _time(claims.get("iat"))
-        if (expires_at is None and claims.get("exp") is not None) or (
-            issued_at is None and claims.get("iat") is not None
-        ):
+        get = claims.get
+        exp, iat = get("exp"), get("iat")
+        expires_at = None if exp is None else _time(exp)
+        issued_at = None if iat is None else _time(iat)
+        if (expires_at is None and exp is not None) or (issued_at is None and iat is not None):
             raise InvalidToken(reason="malformed time claim")
-        aud = claims.get("aud")
+        aud = get("aud")
         # RFC 7519 §4.1.3: a string or an array of strings; anything else names no one.
         audience = (
             (aud,)
@@ -83,17 +87,17 @@ class TokenInfo:
             if isinstance(aud, list)
             else ()
         )
-        cnf = claims.get("cnf")
+        cnf = get("cnf")
         return cls(
             active=True,
-            subject=_str(claims.get("sub")),
-            client_id=_str(claims.get("client_id")) or _str(claims.get("azp")),
+            subject=_str(get("sub")),
+            client_id=_str(get("client_id")) or _str(get("azp")),
             scopes=scopes_from_claims(claims, scope_claims),
             audience=audience,
-            issuer=_str(claims.get("iss")),
+            issuer=_str(get("iss")),
             expires_at=expires_at,
             issued_at=issued_at,
-            token_type=token_type or _str(claims.get("token_type")),
+            token_type=token_type or _str(get("token_type")),
             cnf=MappingProxyType(dict(cnf)) if isinstance(cnf, Mapping) else None,
             claims=MappingProxyType(claims),
         )
@@ -120,7 +124,12 @@ def _shared(claims: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in claims.items()
     }
     for name in _SHARED_CLAIMS.intersection(copy):
-        copy[name] = _intern(copy[name])
+        value = copy[name]
+        if type(value) is str:
+            if len(value) <= _MAX_INTERNED:
+                copy[name] = intern(value)
+        elif type(value) is list:
+            copy[name] = [_intern(item) for item in value]
     return copy
 
 

@@ -10,9 +10,9 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.authentication import AuthCredentials
 
@@ -21,6 +21,7 @@ from apiguard._observe import cache_hit, cache_miss
 from apiguard.exceptions import ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
 from apiguard.principal import Grant, Principal
+from apiguard.tokens import _turns
 from apiguard.tokens.info import TokenInfo
 from apiguard.types import TokenIntrospector
 
@@ -42,6 +43,15 @@ server that passes huge headers cannot make each request hash megabytes.
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+_B64TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+# Bearer grants carry no API-key metadata: one empty mapping for all of them.
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+def _is_b64token(raw: bytes) -> bool:
+    """What `_B64TOKEN` matches, with one pass in C over the bytes."""
+    stripped = raw.rstrip(b"=")
+    return bool(stripped) and not stripped.translate(None, _B64TOKEN_CHARS)
 
 
 class TokenVerifier:
@@ -111,6 +121,8 @@ class TokenVerifier:
             cache_hit()
             raise InvalidToken(reason=reason)
         cache_miss()
+        if _turns.busy():  # a burst of new tokens: they take turns with the rest of the loop
+            await _turns.wait()
         return await verdicts.fill_or_stale(
             digest,
             lambda generation: self._lookup(raw, digest, generation),
@@ -120,7 +132,7 @@ class TokenVerifier:
         )
 
     async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
-        if not _B64TOKEN.fullmatch(raw):
+        if not _is_b64token(raw):
             raise InvalidToken(reason="malformed")
         trust_for = None
         try:
@@ -163,6 +175,7 @@ class TokenVerifier:
             scopes=scopes,
             client_id=info.client_id,
             subject=info.subject,
+            metadata=_NO_METADATA,
             claims=claims,
         )
         return principal, credentials
