@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from urllib.parse import parse_qsl, urlencode
 
 from apiguard.exceptions import ConfigurationError, InvalidRequest
@@ -11,6 +11,7 @@ from apiguard.types import Scope
 __all__ = [
     "AUTHORIZATION",
     "header_names",
+    "header_reader",
     "read_authorization",
     "read_bearer",
     "read_headers",
@@ -51,6 +52,21 @@ def read_headers(scope: Scope, names: frozenset[bytes]) -> bytes | None:
                 raise InvalidRequest(reason="credential sent twice")
             found = value
     return found
+
+
+def header_reader(names: frozenset[bytes]) -> Callable[[Scope], bytes | None]:
+    """`read_headers` with `names` bound: `reader(scope)`, one call per request."""
+
+    def read(scope: Scope) -> bytes | None:
+        found: bytes | None = None
+        for name, value in scope["headers"]:
+            if name in names:
+                if found is not None:
+                    raise InvalidRequest(reason="credential sent twice")
+                found = value
+        return found
+
+    return read
 
 
 def read_query(scope: Scope, param: str) -> bytes | None:
