@@ -346,7 +346,7 @@ class AuthMiddleware:
 
         # Observed: a sink is set, or refusals are logged. Otherwise nothing is built.
         observer = self._observer
-        observed = observer.wanted()
+        observed = observer.active or logger.isEnabledFor(logging.INFO)  # observer.wanted()
         trace: Trace | None = None
         added: list[tuple[bytes, bytes]] | None = None
         grant: Grant | None = None

@@ -378,9 +378,8 @@ def check_bearer_binding(
     _check_certificate(cnf, certificates, scope)
 
 
-def _read_dpop(scope: Scope) -> bytes | None:
-    """The token of an `Authorization: DPoP <token>` header (RFC 9449 §7.1), or `None`."""
-    return _credentials.read_authorization(scope, b"dpop", reason="empty DPoP token")
+_read_dpop = _credentials.authorization_reader(b"dpop", reason="empty DPoP token")
+"""The token of an `Authorization: DPoP <token>` header (RFC 9449 §7.1), or `None`."""
 
 
 def _cnf(claims: Mapping[str, Any]) -> Mapping[str, Any]:
