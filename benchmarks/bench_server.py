@@ -18,6 +18,12 @@ request (utime + stime from /proc, before and after) does not, so the table repo
 it, and the share of the bare app's capacity: bare CPU per request ÷ the variant's,
 in the same round.
 
+    .venv/bin/python -m benchmarks.bench_server --in-process [--rounds 15]
+
+runs the same five apps in this process instead, straight through ASGI with the
+request wrk sends, and reports the CPU time (`time.thread_time`) per request, the
+least of the rounds: the middleware's own cost without a server around it.
+
     .venv/bin/python -m benchmarks.bench_server --serve PORT --core N
 
 is what each server process runs: pins itself to core N and serves on PORT.
@@ -38,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -122,6 +129,60 @@ async def make_key(url: str) -> str:
         await store.aclose()
 
 
+async def in_process(chosen: list[str], headers: list[str], rounds: int) -> None:
+    """CPU µs per request of each app driven through ASGI in this process, least of `rounds`."""
+    from benchmarks.server_app import build
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:8000")]
+        + [
+            (name.lower().encode(), value.encode())
+            for name, _, value in (h.partition(": ") for h in headers)
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    statuses: set[int] = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    async def batch(app: Any, requests: int) -> float:
+        started = time.thread_time()
+        for _ in range(requests):
+            await app(dict(scope), receive, send)
+        return (time.thread_time() - started) / requests * 1e6
+
+    apps = {variant: build(variant) for variant in chosen}
+    for app in apps.values():
+        await batch(app, 2_000)  # caches warm
+    times: dict[str, list[float]] = {variant: [] for variant in chosen}
+    for _ in range(rounds):
+        for variant, app in apps.items():
+            times[variant].append(await batch(app, 20_000))
+    if statuses != {200}:
+        raise RuntimeError(f"unexpected statuses {statuses}")
+    bare = min(times["bare"])
+    print(f"in process, {rounds} rounds of 20,000 requests, least CPU µs per request\n")
+    print("| app | CPU µs/request | + µs vs bare |")
+    print("|---|---:|---:|")
+    for variant, samples in times.items():
+        print(f"| {VARIANTS[variant]} | {min(samples):.2f} | {min(samples) - bare:+.2f} |")
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -136,13 +197,16 @@ def main() -> None:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated; bare is always run"
     )
+    parser.add_argument(
+        "--in-process", action="store_true", help="drive the apps through ASGI, no server"
+    )
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
         serve(args.serve, args.core)
         return
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.in_process:
         parser.error("needs wrk (apt-get install wrk)")
     chosen = ["bare", *(v for v in args.variants.split(",") if v in VARIANTS and v != "bare")]
 
@@ -164,6 +228,10 @@ def main() -> None:
             "BENCH_JWT_KEY": str(Path(tmpdir, "jwt.pem")),
         }
         headers = [f"X-API-Key: {key}", f"Authorization: Bearer {token}"]
+        if args.in_process:
+            os.environ.update(env)
+            asyncio.run(in_process(chosen, headers, args.rounds))
+            return
         started = datetime.datetime.now(datetime.timezone.utc)
         loads = [load()]
         results: dict[str, list[tuple[float, float]]] = {v: [] for v in chosen}

@@ -32,7 +32,7 @@ from apiguard import APIKeyMiddleware, BearerTokenMiddleware
 from apiguard.testing import FakeIssuer
 from apiguard.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["app", "issuer"]
+__all__ = ["app", "build", "issuer"]
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -90,6 +90,9 @@ def _middleware(variant: str) -> list[Middleware]:
     raise ValueError(f"unknown BENCH_VARIANT {variant!r}")
 
 
-app = Starlette(
-    routes=[Route("/", hello)], middleware=_middleware(os.environ.get("BENCH_VARIANT", "bare"))
-)
+def build(variant: str) -> Starlette:
+    """The app of `variant`, configured from the environment as above."""
+    return Starlette(routes=[Route("/", hello)], middleware=_middleware(variant))
+
+
+app = build(os.environ.get("BENCH_VARIANT", "bare"))
