@@ -9,7 +9,9 @@ and a dict lookup), `APIKeyMiddleware` on a SQLite store, and
 `BearerTokenMiddleware` with a repeated RS256 JWT. In each round every variant gets
 a fresh server, warmed by wrk for 2 s (the key's and the token's verifications are
 cached, the steady state), then `wrk` on loopback, pinned to the other core, for
-`--duration` seconds. The variants take turns, in a rotated order each round, and
+`--duration` seconds. `--baseline CHECKOUT` adds the two apiguard variants served
+with the apiguard sources of another checkout (its `src/`), for a before/after in
+the same run. The variants take turns, in a rotated order each round, and
 every request carries the same headers (the key and the token), so that every
 variant parses the same bytes.
 
@@ -65,6 +67,7 @@ VARIANTS = {
     "apikey": "+ APIKeyMiddleware, SQLite store (warm)",
     "bearer": "+ BearerTokenMiddleware, repeated RS256 JWT (warm)",
 }
+BASELINE = "@baseline"
 
 
 def serve(port: int, core: int) -> None:
@@ -93,6 +96,10 @@ def run_round(
     variant: str, env: dict[str, str], headers: list[str], args: argparse.Namespace
 ) -> tuple[float, float]:
     """Requests per second and server CPU µs per request of `variant`, in a fresh server."""
+    if variant.endswith(BASELINE):  # the same app over the apiguard sources of --baseline
+        variant = variant.removesuffix(BASELINE)
+        path = [str(Path(args.baseline, "src")), env.get("PYTHONPATH", "")]
+        env = {**env, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     port = free_port()
     server = subprocess.Popen(  # noqa: S603
         [
@@ -198,6 +205,11 @@ def main() -> None:
         "--variants", default=",".join(VARIANTS), help="comma-separated; bare is always run"
     )
     parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also serve apiguard's variants with the apiguard sources of this checkout",
+    )
+    parser.add_argument(
         "--in-process", action="store_true", help="drive the apps through ASGI, no server"
     )
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -209,6 +221,13 @@ def main() -> None:
     if shutil.which("wrk") is None and not args.in_process:
         parser.error("needs wrk (apt-get install wrk)")
     chosen = ["bare", *(v for v in args.variants.split(",") if v in VARIANTS and v != "bare")]
+    if args.baseline is not None:
+        if args.in_process:
+            parser.error("--baseline serves; it does not go with --in-process")
+        for variant in ("apikey", "bearer"):
+            if variant in chosen:
+                chosen.append(variant + BASELINE)
+                VARIANTS[variant + BASELINE] = f"{VARIANTS[variant]}, {args.baseline}"
 
     from benchmarks.server_app import issuer
 
@@ -279,8 +298,8 @@ def report(
         )
     if "peer" in results:
         peer = [cpu for _, cpu in results["peer"]]
-        for variant in ("apikey", "bearer"):
-            if variant in results:
+        for variant in chosen:
+            if variant.startswith(("apikey", "bearer")):
                 above = [c - p for p, (_, c) in zip(peer, results[variant], strict=True)]
                 print(
                     f"\n{variant}: CPU µs/request above the hand-written peer, each round:"
