@@ -17,53 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 from tests.servers import RedisServer, free_port
 
 from apiguard.keys import KeyHasher, KeyManager, open_store
+from benchmarks.serving import wait_ready, wrk_round
 
 PEPPER = "benchmark-pepper-0123456789abcdefghijklmnop"
 VARIANTS = ("bare", "apikey")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(root: int) -> float:
-    """User and system CPU time of process `root` and its children, in seconds."""
-    total = 0.0
-    pids = [root]
-    while pids:
-        pid = pids.pop()
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                pids += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("uvicorn exited")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                if sock.recv(64):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("uvicorn did not start")
 
 
 def run_round(variant: str, key: str, store_url: str, duration: int) -> tuple[float, float]:
@@ -80,26 +45,16 @@ def run_round(variant: str, key: str, store_url: str, duration: int) -> tuple[fl
     )
     try:
         wait_ready(port, server)
-        wrk = [shutil.which("wrk") or "wrk", "-t1", "-c32", "--latency", "-H", f"X-API-Key: {key}"]
-        url = f"http://127.0.0.1:{port}/"
-        # Warm both workers (and their caches) first.
-        subprocess.run([*wrk, "-d2s", url], check=True, capture_output=True)  # noqa: S603
-        before = cpu_seconds(server.pid)
-        done = subprocess.run(  # noqa: S603
-            [*wrk, f"-d{duration}s", url], check=True, capture_output=True, text=True
+        # Warms both workers (and their caches) first.
+        return wrk_round(
+            f"http://127.0.0.1:{port}/",
+            server.pid,
+            headers=[f"X-API-Key: {key}"],
+            duration=duration,
         )
-        cpu = cpu_seconds(server.pid) - before
     finally:
         server.terminate()
         server.wait(30)
-    out = done.stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"{variant}: errors in wrk's run:\n{out}")
-    match = re.search(r"(\d+) requests in", out)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None or rate is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    return float(rate.group(1)), cpu / int(match.group(1)) * 1e6
 
 
 async def make_key(url: str) -> str:

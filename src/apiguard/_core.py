@@ -78,6 +78,18 @@ or `BackendUnavailableError`.
 """
 
 
+Cached = Callable[[bytes], Grant | None]
+"""`cached(credential)`: the grant of a credential already verified, or `None`.
+
+An authenticator's optional `cached` attribute: the grant when the credential's
+verdict is in its cache and the request needs no further check (no `confirm` work,
+such as a DPoP proof or a bound certificate), without I/O and without raising;
+`None` sends the request down the full path (`authenticate`, `confirm`), which
+decides as always. It lets the middleware answer a request with a cached verdict
+without an `await`.
+"""
+
+
 class Bookkeeping(Protocol):
     """Writes an authenticator defers until a response has been sent (key usage, say)."""
 
@@ -284,6 +296,11 @@ class AuthMiddleware:
             counter: Counter | None = getattr(each, "usage", None)
             if counter is not None:
                 self._counters[each] = counter.count
+        # The warm path: one authenticator with a synchronous cache lookup, and nothing
+        # that needs each request (policies, failure limits) besides it.
+        self._cached: Cached | None = None
+        if len(self._authenticators) == 1 and not self._policies and self._failures is None:
+            self._cached = getattr(self._authenticators[0], "cached", None)
         self._responder = ErrorResponder(
             schemes=schemes,
             realm=realm,
@@ -329,21 +346,40 @@ class AuthMiddleware:
 
         # Observed: a sink is set, or refusals are logged. Otherwise nothing is built.
         observer = self._observer
-        trace = observer.trace(scope) if observer.wanted() else None
-        added: list[tuple[bytes, bytes]] = []
-        try:
-            grant, authenticator = await identify(
-                self._authenticators,
-                scope,
-                optional=self._optional,
-                policies=self._policies,
-                failures=self._failures,
-                fields=added,
-                trace=trace,
-            )
-        except Refused as refused:
-            await self._refuse(refused.error, refused.authenticator, scope, receive, send, trace)
-            return
+        observed = observer.active or logger.isEnabledFor(logging.INFO)  # observer.wanted()
+        trace: Trace | None = None
+        added: list[tuple[bytes, bytes]] | None = None
+        grant: Grant | None = None
+        authenticator: Authenticator | None = None
+        if self._cached is not None and not observed:
+            # A verdict in the cache answers without the pipeline's awaits; anything
+            # else (no credential, a malformed request, a miss) takes the full path,
+            # which decides, logs and refuses as always.
+            authenticator = self._authenticators[0]
+            try:
+                credential = authenticator.extract(scope)
+                grant = None if credential is None else self._cached(credential)
+            except Exception:  # noqa: BLE001 - the full path meets it again and answers it
+                grant = None
+        if grant is None:
+            if observed:
+                trace = observer.trace(scope)
+            added = []
+            try:
+                grant, authenticator = await identify(
+                    self._authenticators,
+                    scope,
+                    optional=self._optional,
+                    policies=self._policies,
+                    failures=self._failures,
+                    fields=added,
+                    trace=trace,
+                )
+            except Refused as refused:
+                await self._refuse(
+                    refused.error, refused.authenticator, scope, receive, send, trace
+                )
+                return
 
         scope["user"], scope["auth"] = grant
         if self._counters and authenticator is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from urllib.parse import parse_qsl, urlencode
 
 from apiguard.exceptions import ConfigurationError, InvalidRequest
@@ -10,8 +10,9 @@ from apiguard.types import Scope
 
 __all__ = [
     "AUTHORIZATION",
+    "authorization_reader",
     "header_names",
-    "read_authorization",
+    "header_reader",
     "read_bearer",
     "read_headers",
     "read_headers_or_query",
@@ -53,6 +54,21 @@ def read_headers(scope: Scope, names: frozenset[bytes]) -> bytes | None:
     return found
 
 
+def header_reader(names: frozenset[bytes]) -> Callable[[Scope], bytes | None]:
+    """`read_headers` with `names` bound: `reader(scope)`, one call per request."""
+
+    def read(scope: Scope) -> bytes | None:
+        found: bytes | None = None
+        for name, value in scope["headers"]:
+            if name in names:
+                if found is not None:
+                    raise InvalidRequest(reason="credential sent twice")
+                found = value
+        return found
+
+    return read
+
+
 def read_query(scope: Scope, param: str) -> bytes | None:
     """The one value of query parameter `param`, like `read_headers`."""
     query: bytes = scope.get("query_string", b"")
@@ -78,39 +94,44 @@ def read_headers_or_query(scope: Scope, names: frozenset[bytes], param: str) -> 
     return found
 
 
-def read_bearer(scope: Scope) -> bytes | None:
-    """The token of an `Authorization: Bearer <token>` header, or `None`.
-
-    The token's characters are checked by the verifier, once per token, not here on
-    every request.
-
-    Raises:
-        InvalidRequest: Two Authorization headers, or `Bearer` with no token.
-    """
-    return read_authorization(scope, b"bearer", reason="empty bearer token")
-
-
-def read_authorization(scope: Scope, scheme: bytes, *, reason: str) -> bytes | None:
-    """The token of an `Authorization: <scheme> <token>` header, or `None`.
+def authorization_reader(scheme: bytes, *, reason: str) -> Callable[[Scope], bytes | None]:
+    """`reader(scope)`: the token of an `Authorization: <scheme> <token>` header, or `None`.
 
     `scheme` is given in lower case and matched case-insensitively (RFC 9110 §11.1);
     any other scheme (`Basic`, or `DPoP` when `bearer` is asked for) is not this
-    credential: `None`.
+    credential: `None`. One call per request.
 
-    Raises:
-        InvalidRequest: Two Authorization headers, or the scheme with no token
-            (`reason` for logs).
+    The reader raises `InvalidRequest` for two Authorization headers, or the scheme
+    with no token (`reason` for logs).
     """
-    value = read_headers(scope, AUTHORIZATION)
-    if value is None:
-        return None
-    name, _, token = value.partition(b" ")
-    if name.lower() != scheme:
-        return None
-    token = token.lstrip(b" ")
-    if not token:
-        raise InvalidRequest(reason=reason)
-    return token
+
+    def read(scope: Scope) -> bytes | None:
+        value: bytes | None = None
+        for name, field in scope["headers"]:
+            if name == b"authorization":
+                if value is not None:
+                    raise InvalidRequest(reason="credential sent twice")
+                value = field
+        if value is None:
+            return None
+        name, _, token = value.partition(b" ")
+        if name.lower() != scheme:
+            return None
+        token = token.lstrip(b" ")
+        if not token:
+            raise InvalidRequest(reason=reason)
+        return token
+
+    return read
+
+
+read_bearer = authorization_reader(b"bearer", reason="empty bearer token")
+"""`read_bearer(scope)`: the token of an `Authorization: Bearer <token>` header, or `None`.
+
+The token's characters are checked by the verifier, once per token, not here on
+every request. Raises `InvalidRequest` for two Authorization headers, or `Bearer`
+with no token.
+"""
 
 
 def strip_headers(scope: Scope, names: frozenset[bytes]) -> None:

@@ -78,6 +78,7 @@ class APIKeyAuth:
         "_query_param",
         "authenticate",
         "bookkeeping",
+        "cached",
         "extract",
         "header_names",
         "query_param",
@@ -124,8 +125,10 @@ class APIKeyAuth:
         self.query_param = query_param
         # Bound once: the hot path makes one call to find the key and one to check it.
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
+        # A key needs no check per request: a cached verdict is the whole answer.
+        self.cached: Callable[[bytes], Grant | None] = self.verifier.cached
         self.extract: Callable[[Scope], bytes | None] = (
-            partial(_credentials.read_headers, names=headers)
+            _credentials.header_reader(headers)
             if query_param is None
             else partial(_credentials.read_headers_or_query, names=headers, param=query_param)
         )
@@ -166,6 +169,7 @@ class BearerAuth:
 
     __slots__ = (
         "authenticate",
+        "cached",
         "certificates",
         "challenge_params",
         "confirm",
@@ -187,6 +191,7 @@ class BearerAuth:
         self.authenticate: Callable[[bytes], Awaitable[Grant]] = self.verifier.verify
         self.extract: Callable[[Scope], bytes | None] = _credentials.read_bearer
         self.confirm: Confirm | None = self._confirm
+        self.cached: Callable[[bytes], Grant | None] = self._cached
         self.challenge_params: tuple[tuple[str, str], ...] = ()
         if resource_metadata is not None:
             check_url(resource_metadata, "resource_metadata")
@@ -194,6 +199,15 @@ class BearerAuth:
 
     async def _confirm(self, grant: Grant, token: bytes, scope: Scope) -> None:
         check_bearer_binding(grant[0].claims, self.certificates, scope)
+
+    def _cached(self, token: bytes) -> Grant | None:
+        # A cached verdict for a token bound to nothing is the whole answer; a bound
+        # token (or one whose type says so) is confirmed per request, by `_confirm`.
+        grant = self.verifier.cached(token)
+        if grant is None:
+            return None
+        claims = grant[0].claims
+        return None if "cnf" in claims or "token_type" in claims else grant
 
     def strip(self, scope: Scope) -> None:
         """Remove the Authorization header from the request the app sees."""
@@ -364,9 +378,8 @@ def check_bearer_binding(
     _check_certificate(cnf, certificates, scope)
 
 
-def _read_dpop(scope: Scope) -> bytes | None:
-    """The token of an `Authorization: DPoP <token>` header (RFC 9449 §7.1), or `None`."""
-    return _credentials.read_authorization(scope, b"dpop", reason="empty DPoP token")
+_read_dpop = _credentials.authorization_reader(b"dpop", reason="empty DPoP token")
+"""The token of an `Authorization: DPoP <token>` header (RFC 9449 §7.1), or `None`."""
 
 
 def _cnf(claims: Mapping[str, Any]) -> Mapping[str, Any]:

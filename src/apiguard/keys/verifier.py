@@ -144,6 +144,16 @@ class KeyVerifier:
         else:
             self._verdicts.invalidate(key_id)
 
+    def cached(self, raw: bytes) -> Grant | None:
+        """The grant of a presented key whose verification is cached and live, else `None`.
+
+        No I/O, never raises: a miss, a cached refusal or an oversized key is `None`,
+        for `verify` to decide.
+        """
+        if len(raw) > MAX_KEY_LENGTH:
+            return None
+        return self._verdicts.positive.get(_digest(raw).digest(), self._clock())
+
     async def verify(self, raw: bytes) -> Grant:
         """Return the principal and credentials for a presented key.
 
