@@ -601,35 +601,47 @@ async def _quota_used(redis_url: str, key_id: str) -> int:
     return usage.used
 
 
-def window_reader(storage: LimitStorage) -> Callable[..., Any]:
-    """`limits`' own sliding window counter on the policy's storage: what `limits`
-    makes of the counters apiguard leaves (the same keys, the same windows)."""
-    from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncReader
-    from limits.strategies import SlidingWindowCounterRateLimiter as Reader
+def window_reader(
+    storage: LimitStorage, strategy: Strategy = "sliding-window-counter"
+) -> Callable[..., Any]:
+    """`limits`' own strategy on the policy's storage: what `limits` makes of the
+    counters apiguard leaves (the same keys, the same windows)."""
+    from limits import strategies
+    from limits.aio import strategies as aio_strategies
 
-    if storage.memory is not None:
-        reader = Reader(storage.memory)
+    name = {
+        "sliding-window-counter": "SlidingWindowCounterRateLimiter",
+        "moving-window": "MovingWindowRateLimiter",
+        "fixed-window": "FixedWindowRateLimiter",
+    }[strategy]
 
-        async def remaining(limit: str, *identifiers: str) -> int:
-            item = parse_limits(limit)[0]
-            return reader.get_window_stats(item, *identifiers).remaining
-
-        return remaining
-    async_reader = AsyncReader(storage.limits)  # type: ignore[arg-type]
-
-    async def remaining_in_redis(limit: str, *identifiers: str) -> int:
+    async def remaining(limit: str, *identifiers: str) -> int:
         item = parse_limits(limit)[0]
-        return (await async_reader.get_window_stats(item, *identifiers)).remaining
+        if storage.memory is not None:
+            reader = getattr(strategies, name)(storage.memory)
+            return int(reader.get_window_stats(item, *identifiers).remaining)
+        async_reader = getattr(aio_strategies, name)(storage.limits)
+        return int((await async_reader.get_window_stats(item, *identifiers)).remaining)
 
-    return remaining_in_redis
+    return remaining
 
 
-@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+# In Redis only the sliding window counter counts all limits in one script.
+ALL_OR_NOTHING = [
+    ("memory", "sliding-window-counter"),
+    ("memory", "moving-window"),
+    ("memory", "fixed-window"),
+    pytest.param("redis", "sliding-window-counter", marks=pytest.mark.redis),
+]
+
+
+@pytest.mark.parametrize(("backend", "strategy"), ALL_OR_NOTHING)
 async def test_a_refusal_by_one_limit_uses_up_no_other(
     key_store: CountingStore,
     issued: IssuedKey,
     make_client: MakeClient,
     backend: str,
+    strategy: Strategy,
     request: pytest.FixtureRequest,
 ) -> None:
     """A request is counted by all of its limits or by none: the caller's own limit
@@ -637,9 +649,12 @@ async def test_a_refusal_by_one_limit_uses_up_no_other(
     counters are `limits`' own (its strategy reads what apiguard wrote)."""
     url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
     limits = RateLimits(
-        "2/minute; 100/hour", routes=[RouteLimit("/search", "5/minute")], storage=url
+        "2/minute; 100/hour",
+        routes=[RouteLimit("/search", "5/minute")],
+        storage=url,
+        strategy=strategy,
     )
-    remaining = window_reader(limits.storage)
+    remaining = window_reader(limits.storage, strategy)
     key = {"X-API-Key": issued.key}
     partition = f"api_key:{issued.record.key_id}"
     try:
@@ -654,13 +669,14 @@ async def test_a_refusal_by_one_limit_uses_up_no_other(
     assert hour_left == 98  # the later limit, not refused, did not count the refusals
 
 
-@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize(("backend", "strategy"), ALL_OR_NOTHING)
 async def test_quotas_counted_with_the_limits_all_or_nothing(
     key_store: CountingStore,
     issued: IssuedKey,
     hasher: KeyHasher,
     make_client: MakeClient,
     backend: str,
+    strategy: Strategy,
     request: pytest.FixtureRequest,
 ) -> None:
     """`RateLimits(quotas=...)`: a request the quota refuses uses up no limit, and a
@@ -669,8 +685,8 @@ async def test_quotas_counted_with_the_limits_all_or_nothing(
     storage = LimitStorage(url)
     noon = Clock(at(2026, 11, 30, 12))
     tight_quota = Quotas("2/day", storage=storage, clock=noon)
-    limits = RateLimits("3/minute", storage=storage, quotas=tight_quota)
-    remaining = window_reader(storage)
+    limits = RateLimits("3/minute", storage=storage, quotas=tight_quota, strategy=strategy)
+    remaining = window_reader(storage, strategy)
     key = {"X-API-Key": issued.key}
     partition = f"api_key:{issued.record.key_id}"
     try:
@@ -680,7 +696,7 @@ async def test_quotas_counted_with_the_limits_all_or_nothing(
         # Now the limit is the tighter one: its refusal is not counted by the quota.
         bob = await KeyManager(key_store, hasher).create("bob")
         other = Quotas("10/day", storage=storage, clock=noon)
-        strict = RateLimits("1/hour", storage=storage, quotas=other)
+        strict = RateLimits("1/hour", storage=storage, quotas=other, strategy=strategy)
         async with make_client(guarded(key_store, strict)) as client:
             codes = [
                 (await client.get("/", headers={"X-API-Key": bob.key})).status_code
@@ -698,6 +714,43 @@ async def test_quotas_counted_with_the_limits_all_or_nothing(
     assert codes == [200, 429, 429]
     assert usage is not None
     assert usage.used == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+async def test_quotas_with_the_other_strategies_in_redis(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    redis_url: str,
+    strategy: Strategy,
+) -> None:
+    """Through `limits`' API a limit at a time, then the quota: its refusals are not
+    counted, and a limit's refusal does not reach the quota."""
+    storage = LimitStorage(redis_url)
+    quotas = Quotas("2/day", storage=storage, clock=Clock(at(2026, 11, 30, 12)))
+    limits = RateLimits("5/minute", storage=storage, quotas=quotas, strategy=strategy)
+    strict = RateLimits(
+        "1/minute", storage=storage, quotas=quotas, strategy=strategy, headers_on_success=False
+    )
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            answers = [await client.get("/", headers={"X-API-Key": issued.key}) for _ in range(3)]
+        async with make_client(guarded(key_store, strict)) as client:
+            # The limit counts it (checked first), the quota refuses; then the limit.
+            by_quota = await client.get("/", headers={"X-API-Key": issued.key})
+            by_limit = await client.get("/", headers={"X-API-Key": issued.key})
+        usage = await quotas.usage(issued.record.key_id)
+    finally:
+        await storage.aclose()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert fields(answers[1], "ratelimit")["quota"]["r"] == "0"
+    assert set(fields(answers[2], "ratelimit")) == {"quota"}
+    assert (by_quota.status_code, by_limit.status_code) == (429, 429)
+    assert set(fields(by_quota, "ratelimit")) == {"quota"}
+    assert set(fields(by_limit, "ratelimit")) == {"1/minute"}
+    assert usage is not None
+    assert usage.used == 2
 
 
 def test_quotas_counted_with_the_limits_share_their_storage() -> None:
