@@ -27,6 +27,7 @@ from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.keys.record import KeyRecord
 from apiguard.ratelimit import (
     FailedAuthLimit,
+    HeaderStyle,
     LimitStorage,
     Quotas,
     RateLimits,
@@ -923,19 +924,23 @@ async def test_fields_are_added_to_the_response_start_only(
     assert sent[2] is chunks[1]
 
 
-async def test_an_unexpected_error_while_counting_is_a_503_not_a_pass(
+@pytest.mark.parametrize("headers", ["draft", "legacy"])
+@pytest.mark.parametrize("error", [RuntimeError("bug"), OSError("storage gone")])
+async def test_an_error_while_counting_is_a_503_not_a_pass(
     key_store: CountingStore,
     issued: IssuedKey,
     make_client: MakeClient,
     monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    headers: HeaderStyle,
 ) -> None:
-    """Not a storage error, not swallowed: the middleware fails closed."""
-    limits = RateLimits("5/minute")
+    """A storage error or a bug, never swallowed: the middleware fails closed."""
+    limits = RateLimits("5/minute", headers=headers)
 
     def broken(*args: Any, **kwargs: Any) -> bool:
-        raise RuntimeError("bug")
+        raise error
 
-    monkeypatch.setattr(limits._windows, "hit", broken)
+    monkeypatch.setattr(limits.storage.memory, "get_sliding_window", broken)
     async with make_client(guarded(key_store, limits)) as client:
         answer = await client.get("/", headers={"X-API-Key": issued.key})
     assert answer.status_code == 503

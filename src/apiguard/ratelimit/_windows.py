@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from math import floor, inf
+from math import ceil, floor, inf
 
 from limits import RateLimitItem
 from limits.storage import MemoryStorage
@@ -52,6 +52,25 @@ class MemoryWindows:
 
     def __init__(self, storage: MemoryStorage) -> None:
         self._storage = storage
+
+    def hit_one(self, item: RateLimitItem, key: str) -> tuple[int, int] | None:
+        """One limit, the usual case: count the request and return the requests left
+        and the whole seconds until more are allowed, or `None` if it has no room
+        (then nothing was counted). `hit()`'s work without its lists and objects."""
+        storage = self._storage
+        expiry = item.get_expiry()
+        window = storage.get_sliding_window(key, expiry)
+        previous_count, previous_ttl, current_count, current_ttl = window
+        used = floor(previous_count * previous_ttl / expiry + current_count)
+        if used >= item.amount or not storage.acquire_sliding_window_entry(
+            key, item.amount, expiry
+        ):
+            return None
+        # `get_window_stats` on the window with this request in it.
+        reset = current_ttl % expiry
+        if previous_count:
+            reset = min(reset, previous_ttl % (expiry / previous_count))
+        return max(0, item.amount - used - 1), ceil(reset)
 
     def hit(
         self,

@@ -257,6 +257,9 @@ class RateLimits:
         self._style: HeaderStyle = headers
         self._on_success = headers_on_success and headers != "none"
         self._proxies = proxies or TrustedProxies()
+        self._one = (
+            self._windows is not None and quotas is None and self._on_success and headers == "draft"
+        )
 
     def _plan(self, principal: Principal, scope: Scope) -> _Plan | None:
         """The limits that apply to this request; `None` for none."""
@@ -288,6 +291,20 @@ class RateLimits:
         Returns the RateLimit fields for the response, when they are sent.
         """
         plan = self._plan(principal, scope)
+        if self._one and plan is not None and len(plan.limits) == 1:
+            # The usual case (memory, one limit, no quota, draft fields): no lists.
+            partition = partition_key(principal, scope, self._proxies)
+            try:
+                left = self._windows.hit_one(plan.items[0], plan.keys_for(partition)[0])  # type: ignore[union-attr]
+            except Exception as exc:
+                error = self.storage.unavailable(exc)
+                if error is None:
+                    raise
+                raise error from exc
+            if left is not None:
+                value = f"{plan.limits[0].prefix}{left[0]};t={left[1]}"
+                return [(b"ratelimit-policy", plan.policy), (b"ratelimit", value.encode("latin-1"))]
+            # No room, nothing counted: the general path below says why.
         pending = None if self._quotas is None else self._quotas._pending(principal, scope)
         if plan is None and pending is None:
             return None

@@ -10,7 +10,9 @@ expire with `EXPIREAT` a day after the period ends, both in one pipelined round
 trip. In memory the same counter is a dict.
 
 A refused request is not counted: the counter is decremented again, so `used` is
-the number of requests the quota let through.
+the number of requests the quota let through. Given to `RateLimits(quotas=...)`, the
+same counter is tested and incremented in the rate limits' one Redis script instead
+(`apiguard.ratelimit._pipeline`), all or nothing with them.
 """
 
 from __future__ import annotations
