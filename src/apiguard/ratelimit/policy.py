@@ -362,6 +362,8 @@ class RateLimits:
         partition: str,
         pending: _Pending | None,
     ) -> tuple[int | None, list[WindowStats], int]:
+        """The sliding window counter in memory (`MemoryWindows`), and the quota's
+        dict: every window tested, then all counted, or none."""
         quotas = self._quotas
         full = pending is not None and not quotas._memory_room(pending)  # type: ignore[union-attr]
         if isinstance(plan, _Plan):
