@@ -812,6 +812,31 @@ async def test_anonymous_callers_are_counted_by_address(
     assert codes == [200, 429, 200]
 
 
+async def test_cached_counter_keys_and_field_text_stay_bounded(
+    key_store: CountingStore, hasher: KeyHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anonymous callers choose their address, key records their limits: the keys and
+    field text kept for them are bounded, and counting is the same once dropped."""
+    import apiguard.ratelimit.policy as policy
+
+    monkeypatch.setattr(policy, "_KEYS", 2)
+    monkeypatch.setattr(policy, "_PLANS", 2)
+    limits = RateLimits("1/minute")
+    app = guarded(key_store, limits, optional=True)
+    codes = []
+    for address in ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1"]:
+        async with client_at(app, address) as client:
+            codes.append((await client.get("/")).status_code)
+    assert codes == [200, 200, 200, 429]
+    for limit in ["2/minute", "3/minute", "4/minute"]:
+        own = await KeyManager(key_store, hasher).create("own", rate_limit=limit)
+        async with client_at(app, "203.0.113.9") as client:
+            answer = await client.get("/", headers={"X-API-Key": own.key})
+        assert set(fields(answer, "ratelimit-policy")) == {limit}
+    assert len(limits._plans) <= 2
+    assert all(len(plan.keys) <= 2 for plan in limits._plans.values())
+
+
 def test_partition_keys() -> None:
     """Keys by key id, bearer tokens by client id (else subject), others by address."""
     from apiguard.principal import ANONYMOUS, Principal

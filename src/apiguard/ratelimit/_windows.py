@@ -102,26 +102,23 @@ class MemoryWindows:
                 return None, []
             window = storage.get_sliding_window(key, expiry)
             return 0, [window_stats(item, window, time.time())]
-        windows: list[Window] | None = None
-        if read or refuse or len(items) > 1:
-            windows = [
-                storage.get_sliding_window(key, item.get_expiry())
-                for item, key in zip(items, keys, strict=True)
-            ]
-            for number, item in enumerate(items):
-                if not has_room(item, windows[number]):
-                    stats = window_stats(item, windows[number], time.time())
-                    return number, [_UNREAD] * number + [stats]
-            if refuse:
-                return len(items), []
+        windows = [
+            storage.get_sliding_window(key, item.get_expiry())
+            for item, key in zip(items, keys, strict=True)
+        ]
+        for number, item in enumerate(items):
+            if not has_room(item, windows[number]):
+                stats = window_stats(item, windows[number], time.time())
+                return number, [_UNREAD] * number + [stats]
+        if refuse:
+            return len(items), []
         for number, item in enumerate(items):
             if not storage.acquire_sliding_window_entry(
                 keys[number], item.amount, item.get_expiry()
-            ):
-                # A lone limit, not read before (or a window that moved on since).
+            ):  # pragma: no cover - only if the window moved on since the read above
                 window = storage.get_sliding_window(keys[number], item.get_expiry())
                 return number, [_UNREAD] * number + [window_stats(item, window, time.time())]
-        if windows is None:
+        if not read:
             return None, []
         now = time.time()
         return None, [
