@@ -4,9 +4,10 @@
 
 Variants, driven straight through ASGI with the same warm request (the key's
 verification cached): the bare app; `APIKeyMiddleware` without policies; with
-`RateLimits` in memory (fields on and off); with `RateLimits` in Redis (a
-redis-server started for the run, on loopback; fields on and off). The limit is
-never reached. Rounds are interleaved; figures are medians of per-request times,
+`RateLimits` (one limit) in memory (fields on and off); the same in Redis (a
+redis-server started for the run, on loopback; fields on and off); and, in memory
+and in Redis, two limits and a monthly quota counted together
+(`RateLimits(quotas=...)`: one round trip in Redis). The limits are never reached. Rounds are interleaved; figures are medians of per-request times,
 and overheads are against the middleware without policies in the same run.
 """
 
@@ -24,7 +25,7 @@ from tests.servers import RedisServer
 
 from apiguard import APIKeyMiddleware
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
-from apiguard.ratelimit import RateLimits
+from apiguard.ratelimit import LimitStorage, Quotas, RateLimits
 from apiguard.types import ASGIApp
 from benchmarks.bench_apikey import PEPPER, run, scope_for
 
@@ -42,12 +43,19 @@ async def main() -> None:
     issued = await KeyManager(store, KeyHasher(PEPPER)).create("bench")
     app = Starlette(routes=[Route("/", hello)])
     server = RedisServer()
-    limit = "1000000000/minute"
+    limit, two = "1000000000/minute", "1000000000/minute; 1000000000/day"
+    memory, redis = LimitStorage(), LimitStorage(server.url())
     policies = {
         "memory": RateLimits(limit),
         "memory, no fields": RateLimits(limit, headers_on_success=False),
+        "memory, 2 + quota": RateLimits(
+            two, storage=memory, quotas=Quotas("1000000000/month", storage=memory)
+        ),
         "redis": RateLimits(limit, storage=server.url()),
         "redis, no fields": RateLimits(limit, storage=server.url(), headers_on_success=False),
+        "redis, 2 + quota": RateLimits(
+            two, storage=redis, quotas=Quotas("1000000000/month", storage=redis)
+        ),
     }
     variants: dict[str, ASGIApp] = {
         "bare app": app,
@@ -66,6 +74,7 @@ async def main() -> None:
     finally:
         for policy in policies.values():
             await policy.aclose()
+        await redis.aclose()
         server.remove()
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"{args.rounds} rounds x {args.requests} requests, median µs per request\n")

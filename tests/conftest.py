@@ -232,18 +232,22 @@ class _FrozenTime:
 def frozen_limits_clock(monkeypatch: pytest.MonkeyPatch) -> _FrozenTime:
     """Freeze the clock of `limits`' memory storage and strategies and of apiguard's
     rate-limit modules, so that window boundaries never depend on when a test runs."""
-    import limits.aio.storage.memory
     import limits.aio.strategies
+    import limits.storage.memory
+    import limits.strategies
 
     import apiguard.ratelimit._pipeline
+    import apiguard.ratelimit._windows
     import apiguard.ratelimit.failures
     import apiguard.ratelimit.policy
 
     frozen = _FrozenTime(FROZEN_NOW)
     for module in (
-        limits.aio.storage.memory,
+        limits.storage.memory,
+        limits.strategies,
         limits.aio.strategies,
         apiguard.ratelimit._pipeline,
+        apiguard.ratelimit._windows,
         apiguard.ratelimit.failures,
         apiguard.ratelimit.policy,
     ):

@@ -28,6 +28,7 @@ OPTIONAL: dict[str, str] = {
     "keys/sql.py": "sqlite",
     "keys/_sql_usage.py": "sqlite",
     "ratelimit/_pipeline.py": "ratelimit,redis",
+    "ratelimit/_windows.py": "ratelimit",
     "ratelimit/failures.py": "ratelimit",
     "ratelimit/policy.py": "ratelimit",
     "ratelimit/storage.py": "ratelimit",

@@ -27,6 +27,7 @@ from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.keys.record import KeyRecord
 from apiguard.ratelimit import (
     FailedAuthLimit,
+    HeaderStyle,
     LimitStorage,
     Quotas,
     RateLimits,
@@ -519,16 +520,18 @@ def test_retry_after_is_whole_seconds() -> None:
 
 @pytest.mark.redis
 @pytest.mark.parametrize("on_success", [True, False])
-async def test_redis_costs_one_round_trip_per_limit_and_request(
+async def test_redis_costs_one_round_trip_per_request(
     key_store: CountingStore,
-    issued: IssuedKey,
+    hasher: KeyHasher,
     make_client: MakeClient,
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     on_success: bool,
 ) -> None:
-    """Warm, each request sends one batch to Redis per limit: the hit and the window
-    read go together, the fields cost nothing more, nothing else is on the path."""
+    """Warm, a request under a route limit, two limits of its key and a quota sends one
+    command to Redis, one EVALSHA, whatever the fields; nothing else is on the path.
+    Counted twice: on the client's connection and by the server (INFO commandstats)."""
+    import redis.asyncio as aioredis
     from redis.asyncio.connection import AbstractConnection
 
     sends = 0
@@ -539,26 +542,221 @@ async def test_redis_costs_one_round_trip_per_limit_and_request(
         sends += 1
         await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
-    limits = RateLimits("50/minute; 500/day", storage=redis_url, headers_on_success=on_success)
+    issued = await KeyManager(key_store, hasher).create("plan", rate_limit="50/minute; 500/day")
+    storage = LimitStorage(redis_url)
+    quotas = Quotas("1000/month", storage=storage)
+    limits = RateLimits(
+        "5/minute",
+        routes=[RouteLimit("/search", "40/minute")],
+        storage=storage,
+        headers_on_success=on_success,
+        quotas=quotas,
+    )
+    admin = aioredis.Redis.from_url(redis_url)
     key = {"X-API-Key": issued.key}
     try:
         async with make_client(guarded(key_store, limits)) as client:
-            await client.get("/", headers=key)  # connects and loads the scripts
+            await client.get("/search", headers=key)  # connects and loads the script
+            await admin.config_resetstat()
+            monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+            answers = [await client.get("/search", headers=key) for _ in range(5)]
+            monkeypatch.setattr(AbstractConnection, "send_packed_command", original)
+            warm_sends = sends
+            stats = await admin.info("commandstats")
+            # The script gone (a restart, SCRIPT FLUSH): loaded again, counted once.
+            await admin.script_flush()
+            monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
             sends = 0
-            answers = [await client.get("/", headers=key) for _ in range(5)]
-            # The scripts gone (a restart, SCRIPT FLUSH): loaded again, counted once.
-            await limits.storage.redis.script_flush()  # type: ignore[union-attr]
-            after_flush = await client.get("/", headers=key)
+            after_flush = await client.get("/search", headers=key)
     finally:
-        await limits.aclose()
+        await storage.aclose()
+        await admin.aclose()
     assert all(a.status_code == 200 for a in answers)
-    # 5 requests x 2 limits; the flush; then for the first limit the batch (NOSCRIPT),
-    # two SCRIPT LOADs and the batch again, and the second limit's batch.
-    assert sends == 5 * 2 + 1 + 4 + 1
+    assert warm_sends == 5
+    # The server saw 5 EVALSHAs; every other command it counted ran inside the script
+    # (Redis counts those under their own names), but for the test's own admin commands.
+    assert stats["cmdstat_evalsha"]["calls"] == 5
+    admin_commands = {"config|resetstat", "info"}
+    script_commands = {"get", "pttl", "exists", "incrby", "set", "rename", "expireat"}
+    for name in stats:
+        command = name.removeprefix("cmdstat_")
+        if command != "evalsha":
+            assert command in script_commands | admin_commands, command
+    # After the flush: EVALSHA (NOSCRIPT), SCRIPT LOAD, EVALSHA.
+    assert sends == 3
     assert after_flush.status_code == 200
+    assert (await _quota_used(redis_url, issued.record.key_id)) == 7
     if on_success:  # 7 requests counted, the retried one once
         assert fields(after_flush, "ratelimit")["50/minute"]["r"] == "43"
+        assert fields(after_flush, "ratelimit")["/search 40/minute"]["r"] == "33"
+        assert fields(after_flush, "ratelimit")["quota"]["r"] == "993"
+
+
+async def _quota_used(redis_url: str, key_id: str) -> int:
+    quotas = Quotas("1000/month", storage=redis_url)
+    try:
+        usage = await quotas.usage(key_id)
+    finally:
+        await quotas.aclose()
+    assert usage is not None
+    return usage.used
+
+
+def window_reader(
+    storage: LimitStorage, strategy: Strategy = "sliding-window-counter"
+) -> Callable[..., Any]:
+    """`limits`' own strategy on the policy's storage: what `limits` makes of the
+    counters apiguard leaves (the same keys, the same windows)."""
+    from limits import strategies
+    from limits.aio import strategies as aio_strategies
+
+    name = {
+        "sliding-window-counter": "SlidingWindowCounterRateLimiter",
+        "moving-window": "MovingWindowRateLimiter",
+        "fixed-window": "FixedWindowRateLimiter",
+    }[strategy]
+
+    async def remaining(limit: str, *identifiers: str) -> int:
+        item = parse_limits(limit)[0]
+        if storage.memory is not None:
+            reader = getattr(strategies, name)(storage.memory)
+            return int(reader.get_window_stats(item, *identifiers).remaining)
+        async_reader = getattr(aio_strategies, name)(storage.limits)
+        return int((await async_reader.get_window_stats(item, *identifiers)).remaining)
+
+    return remaining
+
+
+# In Redis only the sliding window counter counts all limits in one script.
+ALL_OR_NOTHING = [
+    ("memory", "sliding-window-counter"),
+    ("memory", "moving-window"),
+    ("memory", "fixed-window"),
+    pytest.param("redis", "sliding-window-counter", marks=pytest.mark.redis),
+]
+
+
+@pytest.mark.parametrize(("backend", "strategy"), ALL_OR_NOTHING)
+async def test_a_refusal_by_one_limit_uses_up_no_other(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    backend: str,
+    strategy: Strategy,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A request is counted by all of its limits or by none: the caller's own limit
+    refusing a search leaves the route's counter where it was, and the reverse; the
+    counters are `limits`' own (its strategy reads what apiguard wrote)."""
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    limits = RateLimits(
+        "2/minute; 100/hour",
+        routes=[RouteLimit("/search", "5/minute")],
+        storage=url,
+        strategy=strategy,
+    )
+    remaining = window_reader(limits.storage, strategy)
+    key = {"X-API-Key": issued.key}
+    partition = f"api_key:{issued.record.key_id}"
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            codes = [(await client.get("/search", headers=key)).status_code for _ in range(4)]
+            route_left = await remaining("5/minute", partition, "route0")
+            hour_left = await remaining("100/hour", partition)
+    finally:
+        await limits.aclose()
+    assert codes == [200, 200, 429, 429]
+    assert route_left == 3  # 5 - the two allowed searches
+    assert hour_left == 98  # the later limit, not refused, did not count the refusals
+
+
+@pytest.mark.parametrize(("backend", "strategy"), ALL_OR_NOTHING)
+async def test_quotas_counted_with_the_limits_all_or_nothing(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    hasher: KeyHasher,
+    make_client: MakeClient,
+    backend: str,
+    strategy: Strategy,
+    request: pytest.FixtureRequest,
+) -> None:
+    """`RateLimits(quotas=...)`: a request the quota refuses uses up no limit, and a
+    request a limit refuses uses up no quota; both sets of fields are sent."""
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    storage = LimitStorage(url)
+    noon = Clock(at(2026, 11, 30, 12))
+    tight_quota = Quotas("2/day", storage=storage, clock=noon)
+    limits = RateLimits("3/minute", storage=storage, quotas=tight_quota, strategy=strategy)
+    remaining = window_reader(storage, strategy)
+    key = {"X-API-Key": issued.key}
+    partition = f"api_key:{issued.record.key_id}"
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            answers = [await client.get("/", headers=key) for _ in range(3)]
+            minute_left = await remaining("3/minute", partition)
+        # Now the limit is the tighter one: its refusal is not counted by the quota.
+        bob = await KeyManager(key_store, hasher).create("bob")
+        other = Quotas("10/day", storage=storage, clock=noon)
+        strict = RateLimits("1/hour", storage=storage, quotas=other, strategy=strategy)
+        async with make_client(guarded(key_store, strict)) as client:
+            codes = [
+                (await client.get("/", headers={"X-API-Key": bob.key})).status_code
+                for _ in range(3)
+            ]
+        usage = await other.usage(bob.record.key_id)
+    finally:
+        await storage.aclose()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert fields(answers[0], "ratelimit")["3/minute"]["r"] == "2"
+    assert fields(answers[0], "ratelimit")["quota"]["r"] == "1"
+    assert answers[2].json() == LIMIT_BODY
+    assert "quota" in fields(answers[2], "ratelimit")
+    assert minute_left == 1  # the quota's refusal did not count
+    assert codes == [200, 429, 429]
+    assert usage is not None
+    assert usage.used == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+async def test_quotas_with_the_other_strategies_in_redis(
+    key_store: CountingStore,
+    issued: IssuedKey,
+    make_client: MakeClient,
+    redis_url: str,
+    strategy: Strategy,
+) -> None:
+    """Through `limits`' API a limit at a time, then the quota: its refusals are not
+    counted, and a limit's refusal does not reach the quota."""
+    storage = LimitStorage(redis_url)
+    quotas = Quotas("2/day", storage=storage, clock=Clock(at(2026, 11, 30, 12)))
+    limits = RateLimits("5/minute", storage=storage, quotas=quotas, strategy=strategy)
+    strict = RateLimits(
+        "1/minute", storage=storage, quotas=quotas, strategy=strategy, headers_on_success=False
+    )
+    try:
+        async with make_client(guarded(key_store, limits)) as client:
+            answers = [await client.get("/", headers={"X-API-Key": issued.key}) for _ in range(3)]
+        async with make_client(guarded(key_store, strict)) as client:
+            # The limit counts it (checked first), the quota refuses; then the limit.
+            by_quota = await client.get("/", headers={"X-API-Key": issued.key})
+            by_limit = await client.get("/", headers={"X-API-Key": issued.key})
+        usage = await quotas.usage(issued.record.key_id)
+    finally:
+        await storage.aclose()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert fields(answers[1], "ratelimit")["quota"]["r"] == "0"
+    assert set(fields(answers[2], "ratelimit")) == {"quota"}
+    assert (by_quota.status_code, by_limit.status_code) == (429, 429)
+    assert set(fields(by_quota, "ratelimit")) == {"quota"}
+    assert set(fields(by_limit, "ratelimit")) == {"1/minute"}
+    assert usage is not None
+    assert usage.used == 2
+
+
+def test_quotas_counted_with_the_limits_share_their_storage() -> None:
+    with pytest.raises(ConfigurationError, match="same LimitStorage"):
+        RateLimits("1/minute", quotas=Quotas("1/day"))
 
 
 # --- storage, outages, who is counted -------------------------------------------------
@@ -612,6 +810,31 @@ async def test_anonymous_callers_are_counted_by_address(
     async with client_at(app, "203.0.113.7") as one, client_at(app, "203.0.113.8") as two:
         codes = [(await c.get("/")).status_code for c in (one, one, two)]
     assert codes == [200, 429, 200]
+
+
+async def test_cached_counter_keys_and_field_text_stay_bounded(
+    key_store: CountingStore, hasher: KeyHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anonymous callers choose their address, key records their limits: the keys and
+    field text kept for them are bounded, and counting is the same once dropped."""
+    import apiguard.ratelimit.policy as policy
+
+    monkeypatch.setattr(policy, "_KEYS", 2)
+    monkeypatch.setattr(policy, "_PLANS", 2)
+    limits = RateLimits("1/minute")
+    app = guarded(key_store, limits, optional=True)
+    codes = []
+    for address in ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1"]:
+        async with client_at(app, address) as client:
+            codes.append((await client.get("/")).status_code)
+    assert codes == [200, 200, 200, 429]
+    for limit in ["2/minute", "3/minute", "4/minute"]:
+        own = await KeyManager(key_store, hasher).create("own", rate_limit=limit)
+        async with client_at(app, "203.0.113.9") as client:
+            answer = await client.get("/", headers={"X-API-Key": own.key})
+        assert set(fields(answer, "ratelimit-policy")) == {limit}
+    assert len(limits._plans) <= 2
+    assert all(len(plan.keys) <= 2 for plan in limits._plans.values())
 
 
 def test_partition_keys() -> None:
@@ -726,19 +949,23 @@ async def test_fields_are_added_to_the_response_start_only(
     assert sent[2] is chunks[1]
 
 
-async def test_an_unexpected_error_while_counting_is_a_503_not_a_pass(
+@pytest.mark.parametrize("headers", ["draft", "legacy"])
+@pytest.mark.parametrize("error", [RuntimeError("bug"), OSError("storage gone")])
+async def test_an_error_while_counting_is_a_503_not_a_pass(
     key_store: CountingStore,
     issued: IssuedKey,
     make_client: MakeClient,
     monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    headers: HeaderStyle,
 ) -> None:
-    """Not a storage error, not swallowed: the middleware fails closed."""
-    limits = RateLimits("5/minute")
+    """A storage error or a bug, never swallowed: the middleware fails closed."""
+    limits = RateLimits("5/minute", headers=headers)
 
-    async def broken(*args: Any, **kwargs: Any) -> bool:
-        raise RuntimeError("bug")
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise error
 
-    monkeypatch.setattr(limits._limiter, "hit", broken)
+    monkeypatch.setattr(limits.storage.memory, "get_sliding_window", broken)
     async with make_client(guarded(key_store, limits)) as client:
         answer = await client.get("/", headers={"X-API-Key": issued.key})
     assert answer.status_code == 503

@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 import time
 
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits import RateLimitItem
+from limits import strategies as sync_strategies
+from limits.aio import strategies as aio_strategies
+from limits.util import WindowStats
 
 from apiguard.exceptions import RateLimitExceeded
 from apiguard.proxies import TrustedProxies
@@ -51,7 +54,12 @@ class FailedAuthLimit:
         self._items = parse_limits(limit)
         self._owns_storage = isinstance(storage, str)
         self.storage = LimitStorage(storage) if isinstance(storage, str) else storage
-        self._limiter = SlidingWindowCounterRateLimiter(self.storage.limits)
+        self._memory: sync_strategies.SlidingWindowCounterRateLimiter | None = None
+        self._redis: aio_strategies.SlidingWindowCounterRateLimiter | None = None
+        if self.storage.memory is not None:
+            self._memory = sync_strategies.SlidingWindowCounterRateLimiter(self.storage.memory)
+        else:
+            self._redis = aio_strategies.SlidingWindowCounterRateLimiter(self.storage.limits)  # type: ignore[arg-type]
         self.proxies = proxies or TrustedProxies()
 
     def _identifiers(self, scope: Scope) -> tuple[str, str]:
@@ -62,17 +70,30 @@ class FailedAuthLimit:
         identifiers = self._identifiers(scope)
         with self.storage.errors():
             for item in self._items:
-                if not await self._limiter.test(item, *identifiers):
-                    stats = await self._limiter.get_window_stats(item, *identifiers)
+                if not await self._test(item, identifiers):
+                    stats = await self._stats(item, identifiers)
                     wait = max(1, math.ceil(stats.reset_time - time.time()))
                     raise RateLimitExceeded(wait, reason="too many failed authentications")
+
+    async def _test(self, item: RateLimitItem, identifiers: tuple[str, str]) -> bool:
+        if self._memory is not None:
+            return self._memory.test(item, *identifiers)
+        return await self._redis.test(item, *identifiers)  # type: ignore[union-attr]
+
+    async def _stats(self, item: RateLimitItem, identifiers: tuple[str, str]) -> WindowStats:
+        if self._memory is not None:
+            return self._memory.get_window_stats(item, *identifiers)
+        return await self._redis.get_window_stats(item, *identifiers)  # type: ignore[union-attr]
 
     async def failed(self, scope: Scope) -> None:
         """Count one failed authentication against the client's address."""
         identifiers = self._identifiers(scope)
         with self.storage.errors():
             for item in self._items:
-                await self._limiter.hit(item, *identifiers)
+                if self._memory is not None:
+                    self._memory.hit(item, *identifiers)
+                else:
+                    await self._redis.hit(item, *identifiers)  # type: ignore[union-attr]
 
     async def aclose(self) -> None:
         """Close the storage's connections, if this limit opened the storage."""

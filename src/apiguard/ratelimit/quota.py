@@ -10,7 +10,9 @@ expire with `EXPIREAT` a day after the period ends, both in one pipelined round
 trip. In memory the same counter is a dict.
 
 A refused request is not counted: the counter is decremented again, so `used` is
-the number of requests the quota let through.
+the number of requests the quota let through. Given to `RateLimits(quotas=...)`, the
+same counter is tested and incremented in the rate limits' one Redis script instead
+(`apiguard.ratelimit._pipeline`), all or nothing with them.
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ class QuotaUsage:
     resets_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A request's quota counter: the quota, the counter's key, when the counter
+    expires (seconds since the epoch), and seconds until the next period."""
+
+    quota: Quota
+    key: str
+    expire_at: int
+    reset: int
+
+
 class Quotas:
     """A policy (`AuthMiddleware(policies=[...])`) enforcing per-caller request quotas.
 
@@ -134,6 +147,8 @@ class Quotas:
         self._proxies = proxies or TrustedProxies()
         self._clock = clock
         self._memory: dict[str, tuple[int, float]] = {}  # key -> (count, expires at)
+        # Period -> (start, end, label) of the current one.
+        self._periods: dict[Period, tuple[float, float, str]] = {}
 
     def _quota(self, principal: Principal) -> Quota | None:
         if principal.quota:
@@ -144,44 +159,73 @@ class Quotas:
         return f"{self.storage.key_prefix}quota:{partition}:{quota.label(start)}"
 
     async def _add(self, key: str, amount: int, expire_at: int) -> int:
-        if self.storage.redis is None:
-            count = self._memory.get(key, (0, 0.0))[0] + amount
-            self._memory[key] = (count, expire_at)
-            if amount > 0 and count == amount:  # a new period: forget the ended ones
-                now = self._clock()
-                self._memory = {k: v for k, v in self._memory.items() if v[1] > now}
-            return count
         with self.storage.errors():
-            async with self.storage.redis.pipeline(transaction=True) as pipe:
+            async with self.storage.redis.pipeline(transaction=True) as pipe:  # type: ignore[union-attr]
                 pipe.incrby(key, amount)
                 pipe.expireat(key, expire_at)
                 count, _ = await pipe.execute()
         return int(count)
 
-    async def check(self, principal: Principal, scope: Scope) -> ResponseHeaders | None:
-        """Count the request against the caller's quota; refuse it past the quota."""
+    def _pending(self, principal: Principal, scope: Scope) -> _Pending | None:
+        """The caller's quota counter for this request, or `None` without a quota."""
         quota = self._quota(principal)
         if quota is None:
             return None
         now = self._clock()
-        start, end = quota.bounds(now)
-        key = self._key(partition_key(principal, scope, self._proxies), quota, start)
-        expire_at = int(end.timestamp()) + _KEEP
-        used = await self._add(key, 1, expire_at)
-        reset = max(1, math.ceil(end.timestamp() - now))
-        state = LimitState(
-            "quota", quota.amount, None, quota.amount - min(used, quota.amount), reset
-        )
-        if used > quota.amount:
-            await self._add(key, -1, expire_at)  # refused: not counted
+        period = self._periods.get(quota.period)
+        if period is None or not period[0] <= now < period[1]:
+            # Worked out once a period, not per request (datetime is not cheap).
+            start, end = quota.bounds(now)
+            period = (start.timestamp(), end.timestamp(), quota.label(start))
+            self._periods[quota.period] = period
+        partition = partition_key(principal, scope, self._proxies)
+        key = f"{self.storage.key_prefix}quota:{partition}:{period[2]}"
+        reset = max(1, math.ceil(period[1] - now))
+        return _Pending(quota, key, int(period[1]) + _KEEP, reset)
+
+    def _answer(self, pending: _Pending, used: int, refused: bool) -> ResponseHeaders | None:
+        """The fields for a counted request, or `RateLimitExceeded` for a refused one
+        (`used`: the count after the request, or before it when refused)."""
+        quota = pending.quota
+        remaining = 0 if refused else quota.amount - min(used, quota.amount)
+        state = LimitState("quota", quota.amount, None, remaining, pending.reset)
+        if refused:
             fields = rate_limit_fields([state], "draft" if self._headers else "none")
-            raise RateLimitExceeded(reset, tuple(fields), reason="quota")
+            raise RateLimitExceeded(pending.reset, tuple(fields), reason="quota")
         if not self._headers:
             return None
         return [
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in rate_limit_fields([state], "draft")
         ]
+
+    def _memory_room(self, pending: _Pending) -> bool:
+        """Whether an in-memory quota has room for one more request."""
+        return self._memory.get(pending.key, (0, 0.0))[0] < pending.quota.amount
+
+    def _memory_count(self, pending: _Pending) -> int:
+        """Count a request in memory (after `_memory_room`); the count after."""
+        count = self._memory.get(pending.key, (0, 0.0))[0] + 1
+        self._memory[pending.key] = (count, pending.expire_at)
+        if count == 1:  # a new period: forget the ended ones
+            now = self._clock()
+            self._memory = {k: v for k, v in self._memory.items() if v[1] > now}
+        return count
+
+    async def check(self, principal: Principal, scope: Scope) -> ResponseHeaders | None:
+        """Count the request against the caller's quota; refuse it past the quota."""
+        pending = self._pending(principal, scope)
+        if pending is None:
+            return None
+        if self.storage.redis is None:
+            if not self._memory_room(pending):
+                return self._answer(pending, pending.quota.amount, refused=True)
+            return self._answer(pending, self._memory_count(pending), refused=False)
+        used = await self._add(pending.key, 1, pending.expire_at)
+        if used > pending.quota.amount:
+            await self._add(pending.key, -1, pending.expire_at)  # refused: not counted
+            return self._answer(pending, used - 1, refused=True)
+        return self._answer(pending, used, refused=False)
 
     async def usage(self, key_id: str, quota: str | Quota | None = None) -> QuotaUsage | None:
         """The current period's usage of API key `key_id`: under `quota` (its

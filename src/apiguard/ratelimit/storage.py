@@ -5,9 +5,10 @@
 `unix://`) shares them between every worker and machine: the same URL as the Redis
 key store, whose `?push=` option is ignored here.
 
-Rate limits go through the `limits` library (its asyncio storages, with redis-py as
-the Redis driver); quotas use their own calendar counters on the same connection
-pool (`apiguard.ratelimit.quota`). Needs `pip install 'apiguard-asgi[ratelimit]'`,
+Rate limits go through the `limits` library: in memory its synchronous storage (no
+coroutine, no lock to await per request: the event loop runs one check at a time),
+in Redis its asyncio storage with redis-py as the driver; quotas use their own
+calendar counters on the same connection pool (`apiguard.ratelimit.quota`). Needs `pip install 'apiguard-asgi[ratelimit]'`,
 and the `redis` extra for Redis.
 """
 
@@ -24,9 +25,10 @@ from apiguard.keys._url import redact_url
 
 try:
     from limits import RateLimitItem, parse_many
-    from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+    from limits.aio.storage import RedisStorage
     from limits.errors import ConfigurationError as LimitsConfigurationError
     from limits.errors import StorageError
+    from limits.storage import MemoryStorage
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ConfigurationError(
         "rate limits need the limits library: pip install 'apiguard-asgi[ratelimit]'"
@@ -87,10 +89,12 @@ class LimitStorage:
         self.url = url
         self.key_prefix = key_prefix
         self.redis: aioredis.Redis | None = None
+        # Exactly one of the two: `limits`' memory storage, or its Redis storage.
+        self.memory: MemoryStorage | None = None
+        self.limits: RedisStorage | None = None
         scheme = url.partition("://")[0]
-        self.limits: Storage
         if url == "memory://":
-            self.limits = MemoryStorage(wrap_exceptions=True)
+            self.memory = MemoryStorage(wrap_exceptions=True)
         elif scheme in _REDIS_SCHEMES:
             self.redis = _redis_client(url, timeout, client_options)
             # limits' storage over our connection pool: one pool, closed by aclose().
