@@ -4,10 +4,12 @@
 
 Variants, driven straight through ASGI with the same warm request (the key's
 verification cached): the bare app; `APIKeyMiddleware` without policies; with
-`RateLimits` (one limit) in memory (fields on and off); the same in Redis (a
+`RateLimits` (one limit) in memory (fields on and off), also with the
+`fixed-window` strategy; the same in Redis (a
 redis-server started for the run, on loopback; fields on and off); and, in memory
 and in Redis, two limits and a monthly quota counted together
-(`RateLimits(quotas=...)`: one round trip in Redis). The limits are never reached. Rounds are interleaved; figures are medians of per-request times,
+(`RateLimits(quotas=...)`: one round trip in Redis). The limits are never reached.
+Rounds are interleaved; figures are medians of per-request times,
 and overheads are against the middleware without policies in the same run.
 """
 
@@ -48,6 +50,10 @@ async def main() -> None:
     policies = {
         "memory": RateLimits(limit),
         "memory, no fields": RateLimits(limit, headers_on_success=False),
+        "memory, fixed": RateLimits(limit, strategy="fixed-window"),
+        "memory, fixed, no f.": RateLimits(
+            limit, strategy="fixed-window", headers_on_success=False
+        ),
         "memory, 2 + quota": RateLimits(
             two, storage=memory, quotas=Quotas("1000000000/month", storage=memory)
         ),
