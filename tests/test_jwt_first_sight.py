@@ -7,6 +7,7 @@ import asyncio
 import base64
 import itertools
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from jwt.api_jws import PyJWS
 
 from apiguard import InvalidToken
 from apiguard.testing import FakeClock
-from apiguard.tokens import JWTIntrospector, TokenVerifier, _turns
+from apiguard.tokens import JWTIntrospector, TokenInfo, TokenVerifier, _turns
 from apiguard.tokens.jwks import _COMPACT_JWS, MAX_JSON_DEPTH, _is_compact_jws, _segment, _Segments
 from apiguard.tokens.verifier import _B64TOKEN, _is_b64token
 from tests.token_support import AUDIENCE, ISSUER, RSA_KEY, RSA_KEY_2, FakeIssuer, mint, public_jwk
@@ -136,6 +137,32 @@ async def test_a_burst_of_new_tokens_takes_turns_with_other_tasks() -> None:
         assert done == 100
         assert any(0 < n < 100 for n in seen_by_other_task), seen_by_other_task
         assert introspector.key_fetches(ISSUER) == 1
+
+
+@pytest.mark.anyio
+async def test_a_token_sent_again_during_a_burst_is_checked_once() -> None:
+    """Copies of a token queued behind the burst find its verdict when their turn comes,
+    instead of checking it again: one check per token, however many requests carry it."""
+    idp = FakeIssuer()
+    async with idp.client() as http:
+        introspector = JWTIntrospector.from_issuer(ISSUER, audience=AUDIENCE, http_client=http)
+        checked: Counter[str] = Counter()
+
+        class Counting:
+            async def introspect(self, token: str) -> TokenInfo:
+                checked[token] += 1
+                return await introspector.introspect(token)
+
+            async def aclose(self) -> None:
+                await introspector.aclose()
+
+        verifier = TokenVerifier(Counting())
+        await verifier.verify(mint(RSA_KEY, "RS256", "rsa-1", jti="warm").encode())
+        tokens = [mint(RSA_KEY, "RS256", "rsa-1", jti=f"again-{n}") for n in range(50)]
+        async with anyio.create_task_group() as group:
+            for token in tokens * 4:  # every token's copies arrive behind the others
+                group.start_soon(verifier.verify, token.encode())
+        assert [checked[token] for token in tokens] == [1] * 50
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])

@@ -133,6 +133,14 @@ class TokenVerifier:
         cache_miss()
         if _turns.busy():  # a burst of new tokens: they take turns with the rest of the loop
             await _turns.wait()
+            # Another request may have checked this token meanwhile: its verdict decides.
+            now = self._clock()
+            grant = verdicts.positive.get(digest, now)
+            if grant is not None:
+                return grant
+            reason = verdicts.negative.get(digest, now)
+            if reason is not None:
+                raise InvalidToken(reason=reason)
         return await verdicts.fill_or_stale(
             digest,
             lambda generation: self._lookup(raw, digest, generation),
