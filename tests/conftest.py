@@ -436,10 +436,13 @@ def _leak_scan(_leak_scan_hooks: LeakScanner) -> Iterator[None]:
     scanner.objects.clear()
     scanner.findings.clear()
     yield
+    shown: dict[str, str] = {}  # each distinct text once: a test may make many alike
     for obj in scanner.objects:
         for text in (repr(obj), str(obj)):
-            scanner.scan(text, f"repr/str of a {type(obj).__name__}")
+            shown.setdefault(text, type(obj).__name__)
     scanner.objects.clear()
+    for text, kind in shown.items():
+        scanner.scan(text, f"repr/str of a {kind}")
     try:
         scanner.check()
     except LeakFound as exc:
