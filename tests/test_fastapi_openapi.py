@@ -413,6 +413,7 @@ def test_an_excluded_path_with_a_route_check_documents_only_that(hasher: KeyHash
         assert client.get("/public/report").status_code == 401  # anonymous: 401
 
 
+@pytest.mark.usefixtures("frozen_limits_clock")  # no window boundary between the requests
 async def test_rate_limits_are_documented_as_the_429_they_send(
     hasher: KeyHasher, make_client: MakeClient
 ) -> None:

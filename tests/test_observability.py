@@ -929,6 +929,7 @@ async def test_prometheus_counts_invalidations_pushed_by_another_process(
         await store.aclose()
 
 
+@pytest.mark.usefixtures("frozen_limits_clock")  # no window boundary between the two
 async def test_a_rate_limit_refusal_is_a_429_event_with_its_reason(
     issued: tuple[MemoryKeyStore, IssuedKey], make_client: MakeClient
 ) -> None:
