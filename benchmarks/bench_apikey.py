@@ -124,8 +124,10 @@ def scope_for(key: str, header: bytes = b"x-api-key", prefix: str = "") -> Scope
     }
 
 
-async def run(app: ASGIApp, scope: Scope, requests: int) -> float:
-    """Seconds per request for `requests` sequential requests."""
+async def run(
+    app: ASGIApp, scope: Scope, requests: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds per request for `requests` sequential requests, on `clock`."""
     statuses: list[int] = []
 
     async def receive() -> Message:
@@ -135,10 +137,10 @@ async def run(app: ASGIApp, scope: Scope, requests: int) -> float:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    start = time.perf_counter()
+    start = clock()
     for _ in range(requests):
         await app(dict(scope), receive, send)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if set(statuses) != {200}:
         raise RuntimeError(f"unexpected statuses {set(statuses)}")
     return elapsed / requests

@@ -40,7 +40,9 @@ from starlette.responses import PlainTextResponse
 from apiguard import APIKeyAuth, Principal
 from apiguard.fastapi import ScopedRoute, current_principal, install, require_scopes
 from apiguard.keys import KeyHasher, KeyManager, MemoryKeyStore
-from apiguard.types import ASGIApp, Message, Scope
+from apiguard.types import ASGIApp, Scope
+from benchmarks import bench_apikey
+from benchmarks.bench_apikey import scope_for
 
 PEPPER = "benchmark-pepper-0123456789abcdefghijklmnop"
 HAND_WRITTEN_KEYS = {"k" * 40: "alice"}
@@ -87,50 +89,13 @@ def included_app(dependencies: Sequence[Any] = ()) -> FastAPI:
     return app
 
 
-def scope_for(key: str) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"api.example"),
-            (b"user-agent", b"bench/1.0"),
-            (b"accept", b"*/*"),
-            (b"x-api-key", key.encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
 async def run(app: ASGIApp, scope: Scope, requests: int) -> float:
     """CPU seconds per request for `requests` sequential requests.
 
     The process's CPU time, not the wall clock: on a shared machine the wall clock
     also counts the time other processes hold the core.
     """
-    statuses: list[int] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    start = time.process_time()
-    for _ in range(requests):
-        await app(dict(scope), receive, send)
-    elapsed = time.process_time() - start
-    if set(statuses) != {200}:
-        raise RuntimeError(f"unexpected statuses {set(statuses)}")
-    return elapsed / requests
+    return await bench_apikey.run(app, scope, requests, clock=time.process_time)
 
 
 BARE = "bare app"

@@ -55,9 +55,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from tests.servers import free_port
 
-from apiguard.keys import KeyHasher, KeyManager, open_store
 from apiguard.testing import make_signing_key
-from benchmarks.serving import wait_ready, wrk_round
+from benchmarks.serving import make_key, wait_ready, wrk_round
 
 PEPPER = "benchmark-pepper-0123456789abcdefghijklmnop"
 VARIANTS = {
@@ -126,14 +125,6 @@ def run_round(
     finally:
         server.terminate()
         server.wait(30)
-
-
-async def make_key(url: str) -> str:
-    store = open_store(url)
-    try:
-        return (await KeyManager(store, KeyHasher(PEPPER)).create("bench")).key
-    finally:
-        await store.aclose()
 
 
 async def in_process(chosen: list[str], headers: list[str], rounds: int) -> None:
@@ -233,7 +224,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmpdir:
         store = f"sqlite:///{tmpdir}/keys.db"
-        key = asyncio.run(make_key(store))
+        key = asyncio.run(make_key(store, PEPPER))
         pem = make_signing_key("RS256").private_bytes(
             Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
         )

@@ -24,8 +24,7 @@ import sys
 
 from tests.servers import RedisServer, free_port
 
-from apiguard.keys import KeyHasher, KeyManager, open_store
-from benchmarks.serving import wait_ready, wrk_round
+from benchmarks.serving import make_key, wait_ready, wrk_round
 
 PEPPER = "benchmark-pepper-0123456789abcdefghijklmnop"
 VARIANTS = ("bare", "apikey")
@@ -57,14 +56,6 @@ def run_round(variant: str, key: str, store_url: str, duration: int) -> tuple[fl
         server.wait(30)
 
 
-async def make_key(url: str) -> str:
-    store = open_store(url)
-    try:
-        return (await KeyManager(store, KeyHasher(PEPPER)).create("bench")).key
-    finally:
-        await store.aclose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
@@ -76,7 +67,7 @@ def main() -> None:
     redis_server = RedisServer()
     try:
         url = redis_server.url()
-        key = asyncio.run(make_key(url))
+        key = asyncio.run(make_key(url, PEPPER))
         results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
         for _ in range(args.rounds):
             for variant in VARIANTS:

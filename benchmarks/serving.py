@@ -84,3 +84,14 @@ def wrk_round(
     if count is None or rate is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     return float(rate.group(1)), cpu / int(count.group(1)) * 1e6
+
+
+async def make_key(url: str, pepper: str) -> str:
+    """A new API key in the store at `url`, hashed with `pepper`."""
+    from apiguard.keys import KeyHasher, KeyManager, open_store
+
+    store = open_store(url)
+    try:
+        return (await KeyManager(store, KeyHasher(pepper)).create("bench")).key
+    finally:
+        await store.aclose()
