@@ -21,12 +21,13 @@ from apiguard import BackendUnavailableError, InvalidCredentials, InvalidToken
 from apiguard._backoff import Backoff
 from apiguard._cache import TTLCache
 from apiguard.keys.format import MAX_KEY_LENGTH, MAX_PREFIX_LENGTH, generate_key, parse_key
+from apiguard.principal import MAX_SCOPE_SETS
 from apiguard.tokens import JWTIntrospector, RemoteIntrospector, TokenInfo
 from apiguard.tokens._http import MAX_RESPONSE_BYTES
 from apiguard.tokens.discovery import discover
 from apiguard.tokens.info import MAX_SCOPES, scopes_from_claims
 from apiguard.tokens.jwks import MAX_JSON_DEPTH, MAX_KEYS, MAX_TOKEN_SIZE, _segment
-from apiguard.tokens.verifier import MAX_PRESENTED_TOKEN, MAX_SCOPE_SETS, TokenVerifier
+from apiguard.tokens.verifier import MAX_PRESENTED_TOKEN, TokenVerifier
 
 from .token_support import (
     AUDIENCE,

@@ -71,3 +71,33 @@ ANONYMOUS = Principal(identity="", kind="anonymous")
 
 Grant = tuple[Principal, AuthCredentials]
 """What authentication yields: the values for `scope["user"]` and `scope["auth"]`."""
+
+
+MAX_SCOPE_SETS = 1024  # distinct scope sets a `ScopeSets` shares
+
+
+class ScopeSets:
+    """One scope set and one `AuthCredentials` per distinct set of scopes.
+
+    Callers mostly grant a few sets of scopes: the cached grants of API keys and of
+    tokens share them, which keeps a cached credential well under a kilobyte. At
+    most `MAX_SCOPE_SETS` sets are kept (the scopes come from outside); others are
+    not shared.
+    """
+
+    __slots__ = ("_sets",)
+
+    def __init__(self) -> None:
+        self._sets: dict[frozenset[str], tuple[frozenset[str], AuthCredentials]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def shared(self, scopes: frozenset[str]) -> tuple[frozenset[str], AuthCredentials]:
+        """The shared equal of `scopes`, and the `AuthCredentials` that go with it."""
+        found = self._sets.get(scopes)
+        if found is None:
+            found = (scopes, AuthCredentials(sorted(scopes)))
+            if len(self._sets) < MAX_SCOPE_SETS:
+                self._sets[scopes] = found
+        return found

@@ -17,7 +17,6 @@ from collections.abc import Callable, Collection
 from typing import NoReturn
 
 import anyio
-from starlette.authentication import AuthCredentials
 
 from apiguard._backoff import Backoff
 from apiguard._cache import CacheOptions, VerdictCache
@@ -32,7 +31,7 @@ from apiguard.keys.channel import ALL_KEYS, InvalidationChannel
 from apiguard.keys.format import DEFAULT_PREFIX, MAX_KEY_LENGTH, parse_key, validate_prefix
 from apiguard.keys.hashing import KeyHasher
 from apiguard.keys.record import EMPTY_METADATA, KeyRecord, utcnow
-from apiguard.principal import Grant, Principal
+from apiguard.principal import Grant, Principal, ScopeSets
 from apiguard.types import KeyStore
 
 __all__ = ["CacheOptions", "KeyVerifier"]
@@ -43,7 +42,6 @@ logger = logging.getLogger("apiguard.keys")
 # Cache keys are BLAKE2s-256 digests of the presented key, never the key itself;
 # BLAKE2s costs about half of SHA-256 on a short input, and this runs per request.
 _digest = hashlib.blake2s
-MAX_SCOPE_SETS = 1024  # distinct scope sets shared by the cached grants
 
 
 def slow_hash_threads() -> int:
@@ -120,7 +118,7 @@ class KeyVerifier:
         self._clock = clock
         self._backoff = Backoff(clock=clock)
         self._new_hashes: dict[str, str] = {}
-        self._scopes = _SharedScopes()
+        self._scope_sets = ScopeSets()
         self._flushing = False
         self.pending = False
         """Whether bookkeeping writes wait for `flush()`."""
@@ -218,7 +216,7 @@ class KeyVerifier:
         if status != "active":
             self._refuse(digest, parsed.key_id, status, generation)
 
-        grant = self._scopes.grant(record)
+        grant = _grant(record, self._scope_sets)
         lifetime = trust_for = None
         if record.expires_at is not None:
             lifetime = (record.expires_at - wall_now).total_seconds()
@@ -297,35 +295,19 @@ def _describe(grant: Grant) -> str:
     return f"key_id={grant[0].key_id or ''}"
 
 
-class _SharedScopes:
-    """One scope set and one `AuthCredentials` per distinct set of scopes.
-
-    Keys mostly grant a few sets of scopes: sharing them, with the one empty
-    mapping of metadata, keeps a cached key well under a kilobyte. At most
-    `MAX_SCOPE_SETS` sets are kept; others are not shared.
-    """
-
-    __slots__ = ("_sets",)
-
-    def __init__(self) -> None:
-        self._sets: dict[frozenset[str], tuple[frozenset[str], AuthCredentials]] = {}
-
-    def grant(self, record: KeyRecord) -> Grant:
-        shared = self._sets.get(record.scopes)
-        if shared is None:
-            shared = (record.scopes, AuthCredentials(sorted(record.scopes)))
-            if len(self._sets) < MAX_SCOPE_SETS:
-                self._sets[record.scopes] = shared
-        scopes, credentials = shared
-        principal = Principal(
-            identity=record.key_id,
-            kind="api_key",
-            name=record.name,
-            scopes=scopes,
-            key_id=record.key_id,
-            metadata=record.metadata or EMPTY_METADATA,
-            claims=EMPTY_METADATA,
-            rate_limit=record.rate_limit,
-            quota=record.quota,
-        )
-        return principal, credentials
+def _grant(record: KeyRecord, scope_sets: ScopeSets) -> Grant:
+    """The grant of a verified key: its scopes shared, and the one empty metadata
+    mapping for keys without metadata, so that a cached key stays small."""
+    scopes, credentials = scope_sets.shared(record.scopes)
+    principal = Principal(
+        identity=record.key_id,
+        kind="api_key",
+        name=record.name,
+        scopes=scopes,
+        key_id=record.key_id,
+        metadata=record.metadata or EMPTY_METADATA,
+        claims=EMPTY_METADATA,
+        rate_limit=record.rate_limit,
+        quota=record.quota,
+    )
+    return principal, credentials

@@ -14,13 +14,11 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from starlette.authentication import AuthCredentials
-
 from apiguard._cache import CacheOptions, VerdictCache
 from apiguard._observe import cache_hit, cache_miss
 from apiguard.exceptions import ConfigurationError, InvalidToken
 from apiguard.keys.record import utcnow
-from apiguard.principal import Grant, Principal
+from apiguard.principal import Grant, Principal, ScopeSets
 from apiguard.tokens import _turns
 from apiguard.tokens.info import TokenInfo
 from apiguard.types import TokenIntrospector
@@ -32,7 +30,6 @@ __all__ = ["TokenVerifier"]
 
 logger = logging.getLogger("apiguard.tokens")
 
-MAX_SCOPE_SETS = 1024
 MAX_PRESENTED_TOKEN = 65_536
 """Bytes of a presented token hashed and checked at most; longer ones are refused unread.
 
@@ -98,7 +95,7 @@ class TokenVerifier:
         self._clock = clock
         # Tokens of one client grant the same scopes: one set and one AuthCredentials
         # for all of them, so that a cached token costs less than a kilobyte.
-        self._scope_sets: dict[frozenset[str], tuple[frozenset[str], AuthCredentials]] = {}
+        self._scope_sets = ScopeSets()
 
     def cached(self, raw: bytes) -> Grant | None:
         """The grant of a presented token whose verification is cached and live, else `None`.
@@ -175,12 +172,7 @@ class TokenVerifier:
         return grant
 
     def _grant(self, info: TokenInfo) -> Grant:
-        shared = self._scope_sets.get(info.scopes)
-        if shared is None:
-            shared = (info.scopes, AuthCredentials(sorted(info.scopes)))
-            if len(self._scope_sets) < MAX_SCOPE_SETS:
-                self._scope_sets[info.scopes] = shared
-        scopes, credentials = shared
+        scopes, credentials = self._scope_sets.shared(info.scopes)
         claims = info.claims
         if info.cnf is not None and "cnf" not in claims:
             # The binding (RFC 7800 `cnf`) is checked on every request, after this
