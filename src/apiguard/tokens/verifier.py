@@ -128,16 +128,6 @@ class TokenVerifier:
             cache_hit()
             raise InvalidToken(reason=reason)
         cache_miss()
-        if _turns.busy():  # a burst of new tokens: they take turns with the rest of the loop
-            await _turns.wait()
-            # Another request may have checked this token meanwhile: its verdict decides.
-            now = self._clock()
-            grant = verdicts.positive.get(digest, now)
-            if grant is not None:
-                return grant
-            reason = verdicts.negative.get(digest, now)
-            if reason is not None:
-                raise InvalidToken(reason=reason)
         return await verdicts.fill_or_stale(
             digest,
             lambda generation: self._lookup(raw, digest, generation),
@@ -147,6 +137,10 @@ class TokenVerifier:
         )
 
     async def _lookup(self, raw: bytes, digest: bytes, generation: int) -> Grant:
+        # A burst of new tokens takes turns with the rest of the loop. The wait is in
+        # the single flight: other requests with this token wait for this check.
+        if _turns.busy():
+            await _turns.wait()
         if not _is_b64token(raw):
             raise InvalidToken(reason="malformed")
         trust_for = None
