@@ -8,24 +8,23 @@ websockets, usage counts, hidden credentials, and every refusal.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime, timezone
 
 import anyio
 import pytest
 from starlette.applications import Starlette
-from starlette.authentication import requires
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
-from starlette.websockets import WebSocket
 
 from apiguard import APIKeyMiddleware, BearerTokenMiddleware
 from apiguard.keys import IssuedKey, KeyHasher, KeyManager, MemoryKeyStore
 from apiguard.tokens import TokenInfo
 
 from .conftest import MakeClient
+from .test_bearer_middleware import active
+from .test_middleware import write_items, ws_endpoint
 from .token_support import TableIntrospector
 
 pytestmark = pytest.mark.anyio
@@ -42,17 +41,6 @@ async def whoami(request: Request) -> JSONResponse:
             "headers": sorted(request.headers.keys()),
         }
     )
-
-
-@requires("items:write")
-async def write_items(request: Request) -> PlainTextResponse:
-    return PlainTextResponse("written")
-
-
-async def ws_endpoint(websocket: WebSocket) -> None:
-    await websocket.accept()
-    await websocket.send_json({"name": websocket.user.display_name})
-    await websocket.close()
 
 
 def make_app() -> Starlette:
@@ -160,17 +148,6 @@ def test_websocket_with_a_cached_key(store: MemoryKeyStore, hasher: KeyHasher) -
         for _ in range(2):
             with client.websocket_connect("/ws", headers={"X-API-Key": key}) as ws:
                 assert ws.receive_json() == {"name": "billing"}
-
-
-def active(**fields: Any) -> TokenInfo:
-    base: dict[str, Any] = {
-        "active": True,
-        "subject": "svc",
-        "client_id": "svc",
-        "scopes": frozenset({"items:read"}),
-        "expires_at": datetime.now(timezone.utc) + timedelta(minutes=5),
-    }
-    return TokenInfo(**(base | fields))
 
 
 async def test_cached_token_hands_the_app_the_same_principal(make_client: MakeClient) -> None:
